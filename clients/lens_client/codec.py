@@ -1,0 +1,176 @@
+"""What the sync and asyncio clients share: channels, inputs → requests, responses → numpy."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import grpc
+import numpy as np
+from lens.v1 import common_pb2, inference_pb2, models_pb2
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+try:  # Pillow is optional on the client side: only needed to send PIL images.
+    from PIL import Image as _PILImage
+except ImportError:  # pragma: no cover
+    _PILImage = None  # type: ignore[assignment]
+
+# An image: a path, encoded bytes, or a PIL image (sent as PNG).
+ImageLike = Union[str, os.PathLike, bytes, "_PILImage.Image"]
+
+
+class LensClientError(Exception):
+    """A call the server refused or could not answer: the gRPC status and its message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> LensClientError:
+        return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """L2-normalised vectors (N, dim), in input order, and the model version that made them."""
+
+    vectors: np.ndarray
+    model: str
+    version: int
+
+
+def server_address(server: str | None) -> str:
+    return server or os.environ.get("LENS_SERVER") or DEFAULT_SERVER
+
+
+def parse_model(spec: str | None) -> common_pb2.ModelRef:
+    """`NAME[:VERSION]` → ModelRef; None or "" → the server's default model."""
+    if not spec:
+        return common_pb2.ModelRef()
+    name, _, version = spec.partition(":")
+    if version and not version.isdigit():
+        raise ValueError(f"model {spec!r}: the version after ':' must be a number")
+    return common_pb2.ModelRef(name=name, version=int(version or 0))
+
+
+def channel_options(retries: int) -> list[tuple[str, Any]]:
+    """Message size limits and gRPC's own retry of UNAVAILABLE with exponential backoff."""
+    service_config = {
+        "methodConfig": [
+            {
+                "name": [{"service": "lens.v1.Inference"}, {"service": "lens.v1.Models"}],
+                "retryPolicy": {
+                    "maxAttempts": max(2, min(retries + 1, 5)),
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2.0,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", json.dumps(service_config)),
+    ]
+
+
+def count(items: Iterable[Any]) -> int | None:
+    """How many items, when that is known without consuming them (for progress bars)."""
+    return len(items) if isinstance(items, Sequence) else None
+
+
+def image_bytes(image: ImageLike) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).read_bytes()
+    if _PILImage is not None and isinstance(image, _PILImage.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+    raise TypeError(f"not an image (path, bytes or PIL image): {type(image).__name__}")
+
+
+def image_inputs(images: Iterable[ImageLike]) -> Iterator[inference_pb2.Input]:
+    return (inference_pb2.Input(image=image_bytes(image)) for image in images)
+
+
+def text_inputs(texts: Iterable[str]) -> Iterator[inference_pb2.Input]:
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"not a text: {type(text).__name__}")
+        yield inference_pb2.Input(text=text)
+
+
+def requests(
+    inputs: Iterable[inference_pb2.Input], model: common_pb2.ModelRef, batch_size: int
+) -> Iterator[inference_pb2.EmbedRequest]:
+    """Inputs cut into requests of at most `batch_size`, lazily (files are read as sent)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch: list[inference_pb2.Input] = []
+    for item in inputs:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield inference_pb2.EmbedRequest(inputs=batch, model=model)
+            batch = []
+    if batch:
+        yield inference_pb2.EmbedRequest(inputs=batch, model=model)
+
+
+def embeddings(response: inference_pb2.EmbedResponse) -> Embeddings:
+    matrix = response.embeddings
+    vectors = np.frombuffer(matrix.data, dtype="<f4").reshape(matrix.rows, matrix.cols)
+    return Embeddings(vectors.astype(np.float32), response.model, response.version)
+
+
+def join(parts: Sequence[Embeddings]) -> Embeddings:
+    """Responses of one job → one result; the whole job must come from one model version."""
+    if not parts:
+        raise ValueError("nothing to embed")
+    served = {(p.model, p.version) for p in parts}
+    if len(served) > 1:
+        raise LensClientError(
+            grpc.StatusCode.ABORTED,
+            f"the model version changed during the job ({sorted(served)}); run it again",
+        )
+    return Embeddings(np.concatenate([p.vectors for p in parts]), parts[0].model, parts[0].version)
+
+
+def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
+    """ModelInfo → plain data (for JSON and for Python callers)."""
+    return {
+        "name": info.name,
+        "kind": info.kind,
+        "dim": info.dim,
+        "modalities": [common_pb2.Modality.Name(m).removeprefix("MODALITY_").lower()
+                       for m in info.modalities],
+        "serving_version": info.serving_version,
+        "default": info.is_default,
+        "versions": [
+            {
+                "version": v.version,
+                "state": models_pb2.VersionInfo.State.Name(v.state).removeprefix("STATE_").lower(),
+                "reason": v.reason,
+                "providers": list(v.providers),
+                "image_size": v.image_size,
+                "context_length": v.context_length,
+                "source": v.source,
+                "image_parity": v.image_parity,
+                "text_parity": v.text_parity,
+            }
+            for v in info.versions
+        ],
+    }

@@ -1,0 +1,100 @@
+"""Wires configuration → repository → registry (runtimes, batchers) → gRPC servicers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from lens.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+
+from server.config import ServerConfig
+from server.registry import Registry
+from server.repository import Repository
+from server.services.inference import InferenceServicer
+from server.services.models import ModelsServicer
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+)
+
+
+class LensServer:
+    """The gRPC server and everything it serves; `start`, then `wait` or `stop`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.port = 0
+        self._decode_pool = ThreadPoolExecutor(
+            config.runtime.decode_workers, thread_name_prefix="decode"
+        )
+        self.registry = Registry(Repository(config.repo), config, self._decode_pool)
+        self._health = HealthServicer()
+        size = config.limits.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+            ]
+        )
+
+    async def start(self) -> int:
+        """Loads the models, then listens; returns the port (useful with port 0)."""
+        await self.registry.start()
+        server = self._server
+        inference_pb2_grpc.add_InferenceServicer_to_server(
+            InferenceServicer(self.registry, self.config), server
+        )
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"could not listen on {self.config.host}:{self.config.port}")
+        await server.start()
+        for service in ("", *SERVICES):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Stops taking calls, lets those in flight finish (up to `grace_s`), unloads."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_s)
+        await self.registry.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
+    server = LensServer(config)
+    port = await server.start()
+    models = server.registry.repo.models()
+    print(
+        f"lens serving {len(models)} model(s) on {config.host}:{port} "
+        f"(default model: {server.registry.default_model or 'none'})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(server.wait())
+    await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    log.info("shutting down")
+    await server.stop()
+    waiter.cancel()

@@ -1,0 +1,104 @@
+"""Server configuration: frozen dataclasses built once at start-up and passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Dynamic batching of one model tower (as Triton's `dynamic_batching`).
+
+    A batch is sent to the runtime when it holds `max_batch_size` inputs, or when its first
+    input has waited `max_queue_delay_ms`, whichever comes first. At most `max_queue_size`
+    inputs wait per tower; a request that would overflow the queue is refused whole with
+    RESOURCE_EXHAUSTED. `instances` batches of a tower may run at once.
+    """
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 5.0
+    max_queue_size: int = 4096
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if self.instances < 1:
+            raise ValueError(f"instances must be >= 1, got {self.instances}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_inputs_per_request: int = 1024
+    max_image_bytes: int = 32 * 1024 * 1024
+    # Decoding a larger image is refused before its pixels are decoded (decompression bombs).
+    max_image_pixels: int = 64_000_000
+    max_text_chars: int = 65_536
+    # Largest gRPC message accepted (a whole batch of encoded images).
+    max_message_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_inputs_per_request", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How ONNX Runtime runs the towers.
+
+    `providers` lists execution providers in order of preference; those not present on the
+    machine are skipped, the CPU provider is always last. `intra_op_threads` = 0 lets ONNX
+    Runtime use one thread per physical core.
+    """
+
+    providers: tuple[str, ...] = (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
+    intra_op_threads: int = 0
+    # Threads decoding and resizing images (Pillow releases the GIL while it works).
+    decode_workers: int = field(default_factory=_default_workers)
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
+        if self.decode_workers < 1:
+            raise ValueError(f"decode_workers must be >= 1, got {self.decode_workers}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repo: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # The model requests without a model name get; None: the only model of the repository.
+    default_model: str | None = None
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    limits: Limits = field(default_factory=Limits)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # Requests an EmbedStream processes at once, to keep the batcher busy.
+    stream_window: int = 4
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.stream_window < 1:
+            raise ValueError(f"stream_window must be >= 1, got {self.stream_window}")

@@ -1,0 +1,146 @@
+"""A loaded model version: its towers, their preprocessing and their batchers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from server.batching import Batcher
+from server.config import ServerConfig
+from server.errors import FailedPrecondition, InvalidInput
+from server.preprocess import ImagePreprocessor, TextTokenizer
+from server.repository.manifest import Manifest, verify_files
+from server.runtime import OnnxTower, Tower
+
+log = logging.getLogger(__name__)
+
+# One input: encoded image bytes, or a text.
+Input = bytes | str
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` (N, D) scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
+
+
+def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[str, Tower]:
+    """Checks the version's files against their sha256 and opens its towers in ONNX Runtime.
+
+    Blocking (seconds for large models): call it off the event loop.
+    """
+    verify_files(folder, manifest)
+    towers: dict[str, Tower] = {}
+    for modality, spec in (("image", manifest.image), ("text", manifest.text)):
+        if spec:
+            towers[modality] = OnnxTower(folder / spec.file, config.runtime, manifest.dim)
+    return towers
+
+
+class LoadedVersion:
+    """A model version ready to serve: `embed` turns inputs into normalised embeddings.
+
+    Built on the event loop (its batchers live there) from towers opened by `open_towers`.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        folder: Path,
+        config: ServerConfig,
+        decode_pool: Executor,
+        towers: dict[str, Tower],
+    ) -> None:
+        self.manifest = manifest
+        self.folder = folder
+        self.config = config
+        self._decode_pool = decode_pool
+        self.image: ImagePreprocessor | None = None
+        self.text: TextTokenizer | None = None
+        self.batchers: dict[str, Batcher] = {}
+        label = f"{manifest.name}:{manifest.version}"
+        if manifest.image:
+            self.image = ImagePreprocessor(manifest.image, config.limits)
+            self.batchers["image"] = Batcher(f"{label}/image", towers["image"], config.batch)
+        if manifest.text:
+            self.text = TextTokenizer(manifest.text, folder / manifest.text.tokenizer)
+            self.batchers["text"] = Batcher(f"{label}/text", towers["text"], config.batch)
+        self.providers = sorted({p for t in towers.values() for p in t.providers})
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    async def warm_up(self) -> None:
+        """One input through each tower, so the first request does not pay for lazy set-up."""
+        inputs: list[Input] = []
+        if self.manifest.image:
+            inputs.append(_blank_png(self.manifest.image.size))
+        if self.manifest.text:
+            inputs.append("warm-up")
+        await self.embed(inputs)
+
+    async def embed(self, inputs: Sequence[Input], deadline: float | None = None) -> np.ndarray:
+        """Inputs → float32 (len(inputs), dim), L2-normalised, in input order."""
+        images = [i for i, x in enumerate(inputs) if isinstance(x, bytes)]
+        texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        self._check_towers(images, texts)
+        loop = asyncio.get_running_loop()
+        pixels, tokens = await asyncio.gather(
+            asyncio.gather(
+                *(loop.run_in_executor(self._decode_pool, self._decode, inputs[i], i) for i in images)
+            ),
+            loop.run_in_executor(self._decode_pool, self._tokenize, [inputs[i] for i in texts]),
+        )
+        jobs, rows = [], []
+        if images:
+            jobs.append(self.batchers["image"].submit(list(pixels), deadline))
+            rows.append(images)
+        if texts:
+            jobs.append(self.batchers["text"].submit(list(tokens), deadline))
+            rows.append(texts)
+        out = np.empty((len(inputs), self.manifest.dim), dtype=np.float32)
+        for index, vectors in zip(rows, await asyncio.gather(*jobs), strict=True):
+            out[index] = vectors
+        return l2_normalize(out)
+
+    def _check_towers(self, images: list[int], texts: list[int]) -> None:
+        for indices, modality in ((images, "image"), (texts, "text")):
+            if indices and modality not in self.batchers:
+                raise FailedPrecondition(
+                    f"input {indices[0]}: model {self.name} version {self.version} has no "
+                    f"{modality} tower (it embeds: {', '.join(self.manifest.modalities)})"
+                )
+
+    def _decode(self, data: bytes, index: int) -> np.ndarray:
+        assert self.image is not None
+        try:
+            return self.image(data)
+        except InvalidInput as e:
+            raise InvalidInput(f"input {index}: {e}") from None
+
+    def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
+        if not texts:
+            return []
+        assert self.text is not None
+        return list(self.text(texts))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+
+def _blank_png(size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (127, 127, 127)).save(buffer, format="PNG")
+    return buffer.getvalue()

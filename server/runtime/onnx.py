@@ -1,0 +1,59 @@
+"""ONNX Runtime towers: the best execution providers present, sensible threading."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from server.config import RuntimeConfig
+from server.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def available_providers(wanted: tuple[str, ...]) -> list[str]:
+    """`wanted` in order, keeping those this onnxruntime build has; CPU is always last."""
+    present = set(ort.get_available_providers())
+    chosen = [p for p in wanted if p in present and p != "CPUExecutionProvider"]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+class OnnxTower:
+    """One exported tower in an `onnxruntime.InferenceSession`.
+
+    The graph has one input (batch first) and one output (N, dim); their names are read from
+    the graph, so exporters may name them as they like.
+    """
+
+    def __init__(self, path: Path, config: RuntimeConfig, dim: int) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = config.intra_op_threads
+        # Batches of one tower run one at a time per session; parallelism is within an op.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(
+                str(path), options, providers=available_providers(config.providers)
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: ONNX Runtime could not load it: {e}") from e
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(
+                f"{path}: a tower needs exactly one input and one output, "
+                f"got {len(inputs)} and {len(outputs)}"
+            )
+        self._input, self._output = inputs[0].name, outputs[0].name
+        out_dim = outputs[0].shape[-1]
+        if isinstance(out_dim, int) and out_dim != dim:
+            raise ModelError(f"{path}: output has {out_dim} values, the manifest says {dim}")
+        self.providers: list[str] = self._session.get_providers()
+        log.info("loaded %s on %s", path, ", ".join(self.providers))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self._session.run([self._output], {self._input: batch})
+        return np.asarray(out, dtype=np.float32)

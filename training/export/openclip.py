@@ -1,0 +1,97 @@
+"""`lens import openclip`: an open_clip model → a two-tower version in the repository."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.repository import ImageSpec, Manifest, Repository, TextSpec
+from training.export import tokenizer as tokenizers
+from training.export.towers import Encode, export_image, export_text, pixels
+
+log = logging.getLogger(__name__)
+
+
+def image_spec(cfg: dict[str, Any]) -> ImageSpec:
+    """open_clip's `PreprocessCfg` (as a dict) → the manifest's image spec."""
+    size = cfg["size"]
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise ValueError(f"non-square image size {size} is not supported")
+        size = size[0]
+    resize = cfg.get("resize_mode") or "shortest"
+    if resize not in ("shortest", "squash"):
+        raise ValueError(f"open_clip resize_mode {resize!r} is not supported")
+    interpolation = cfg.get("interpolation") or "bicubic"
+    return ImageSpec(
+        size=int(size),
+        mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+        resize=resize,
+        interpolation="bilinear" if interpolation == "bilinear" else "bicubic",
+        crop_offset="round",
+        rgb="after-crop",
+    )
+
+
+def import_openclip(
+    repo: Repository, arch: str, name: str, pretrained: str | None = None
+) -> tuple[int, Path]:
+    """Builds `arch` (a name open_clip knows, or a config .json file; random init, a local checkpoint or a pretrained tag), exports both
+    towers, checks parity on real photos and texts, and commits the next version of `name`.
+
+    Raises ParityError (writing nothing) if the export does not reproduce open_clip.
+    """
+    import open_clip
+
+    if arch.endswith(".json"):  # an architecture given as a config file, named by its stem
+        open_clip.add_model_config(arch)
+        arch = Path(arch).stem
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+    spec = image_spec(open_clip.get_model_preprocess_cfg(model))
+    with torch.no_grad():
+        dim = int(model.encode_image(torch.zeros(1, 3, spec.size, spec.size)).shape[-1])
+    text = TextSpec(
+        context_length=int(tokenizer.context_length or model.context_length),
+        sot_id=tokenizer.sot_token_id,
+        eot_id=tokenizer.eot_token_id,
+        pad_id=0,
+        clean="openclip",
+    )
+
+    @torch.no_grad()
+    def reference_images(images: Any) -> np.ndarray:
+        return model.encode_image(pixels(preprocess, images)).numpy()
+
+    @torch.no_grad()
+    def reference_texts(texts: Any) -> np.ndarray:
+        return model.encode_text(tokenizer(list(texts))).numpy()
+
+    with repo.stage(name) as staged:
+        tokenizers.from_openclip(tokenizer, staged / text.tokenizer)
+        parity = {
+            "image": export_image(
+                staged, spec, Encode(model, lambda m, x: m.encode_image(x)), dim, reference_images
+            ),
+            "text": export_text(
+                staged, text, Encode(model, lambda m, x: m.encode_text(x)), dim, reference_texts
+            ),
+        }
+        manifest = Manifest(
+            name=name,
+            version=0,
+            kind="clip",
+            dim=dim,
+            image=spec,
+            text=text,
+            logit_scale=float(model.logit_scale.exp().item()),
+            parity=parity,
+            source={"type": "openclip", "arch": arch, "pretrained": pretrained},
+        )
+        return repo.commit(staged, manifest)

@@ -1,0 +1,74 @@
+"""Parity between an exported version and the model it came from, on real inputs.
+
+The reference embeds with the source framework's own pipeline (its preprocessing, its
+tokenizer, its PyTorch model); the candidate embeds with lens's preprocessing and ONNX Runtime,
+exactly as the server will. Every vector must agree to a cosine similarity threshold.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+# Real photos shipped with scikit-image: colour, grayscale (camera, coins), RGBA (logo) and
+# odd aspect ratios (rocket, page), so conversion and crop paths are all exercised.
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "logo", "page")
+SAMPLE_TEXTS = (
+    "a photo of a cat.",
+    "An astronaut in a white space suit, holding a helmet.",
+    "a cup of coffee on a saucer",
+    "A ROCKET ON ITS LAUNCH PAD!!!",
+    "naïve café — crème brûlée &amp; 日本語のテキスト 🚀",
+    "  lots   of\twhitespace \n and newlines  ",
+    "1234 5678 3.14159",
+    "a very long caption " * 40,
+    "",
+)
+FP32_THRESHOLD = 0.99999
+
+
+class ParityError(Exception):
+    """An export does not reproduce its source model closely enough; nothing was written."""
+
+
+def sample_images() -> list[bytes]:
+    """The sample photos as PNG files (what a client would send)."""
+    from skimage import data  # a training-side dependency
+
+    images = []
+    for name in SAMPLE_PHOTOS:
+        array = getattr(data, name)()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def check(
+    tower: str,
+    inputs: Sequence[object],
+    reference: Callable[[Sequence[object]], np.ndarray],
+    candidate: Callable[[Sequence[object]], np.ndarray],
+    threshold: float = FP32_THRESHOLD,
+) -> dict[str, float | int]:
+    """Embeds `inputs` both ways; the figures for the manifest, or ParityError."""
+    cosines = cosine_rows(
+        np.asarray(reference(inputs), np.float64), np.asarray(candidate(inputs), np.float64)
+    )
+    worst = int(np.argmin(cosines))
+    figures = {"min_cosine": float(cosines[worst]), "inputs": len(inputs), "threshold": threshold}
+    if cosines[worst] < threshold:
+        raise ParityError(
+            f"{tower} tower: cosine similarity {cosines[worst]:.7f} on sample {worst} is below "
+            f"{threshold} (mean {cosines.mean():.7f}); the export does not match its source"
+        )
+    return figures
