@@ -58,9 +58,13 @@ def check(
     inputs: Sequence[object],
     reference: Callable[[Sequence[object]], np.ndarray],
     candidate: Callable[[Sequence[object]], np.ndarray],
-    threshold: float = FP32_THRESHOLD,
+    threshold: float | None = None,
 ) -> dict[str, float | int]:
-    """Embeds `inputs` both ways; the figures for the manifest, or ParityError."""
+    """Embeds `inputs` both ways; the figures for the manifest, or ParityError.
+
+    `threshold`: the lowest cosine similarity accepted (default `FP32_THRESHOLD`).
+    """
+    threshold = FP32_THRESHOLD if threshold is None else threshold
     cosines = cosine_rows(
         np.asarray(reference(inputs), np.float64), np.asarray(candidate(inputs), np.float64)
     )

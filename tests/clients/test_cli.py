@@ -1,0 +1,101 @@
+"""The `lens` command, run as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import LENS, TINY_ARCH, photo
+
+
+def lens(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        [str(LENS), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_import_openclip_from_a_checkpoint_then_if_missing(tmp_path, tiny_openclip):
+    checkpoint = str(tiny_openclip[3])
+    first = lens("import", "openclip", "--arch", str(TINY_ARCH), "--name", "mine",
+                 "--pretrained", checkpoint, "--repo", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "mine: version 1 written" in first.stdout and "image parity" in first.stdout
+    manifest = json.loads((tmp_path / "mine" / "1" / "manifest.json").read_text())
+    assert manifest["source"]["pretrained"] == checkpoint
+    assert manifest["parity"]["image"]["min_cosine"] >= 0.99999
+    again = lens("import", "openclip", "--arch", str(TINY_ARCH), "--name", "mine",
+                 "--if-missing", env={"LENS_REPO": str(tmp_path)})
+    assert again.returncode == 0 and "already" in again.stdout
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["1"]
+
+
+def test_import_of_an_unknown_architecture_fails_in_one_line(tmp_path):
+    result = lens("import", "openclip", "--arch", "No-Such-Arch", "--name", "x",
+                  "--repo", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("lens: import failed, nothing written")
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_failed_parity_writes_nothing(tmp_path, monkeypatch, tiny_openclip):
+    from server.repository import Repository
+    from training.export import ParityError, parity
+    from training.export.openclip import import_openclip
+
+    monkeypatch.setattr(parity, "FP32_THRESHOLD", 1.0000001)  # no export can reach it
+    repo = Repository(tmp_path)
+    with pytest.raises(ParityError, match="below"):
+        import_openclip(repo, str(TINY_ARCH), "strict")
+    assert repo.models() == [] and list((tmp_path / "strict").iterdir()) == []
+
+
+def test_embed_prints_json_lines(server, tmp_path, tiny_openclip):
+    path = tmp_path / "cat.jpg"
+    Image.fromarray(photo("chelsea")).save(path)
+    result = lens("embed", "--image", str(path), "--text", "a photo of a cat",
+                  "--text", "a dog", env={"LENS_SERVER": server.address})
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["input"] for line in lines] == [str(path), "a photo of a cat", "a dog"]
+    assert {(line["model"], line["version"]) for line in lines} == {("tiny", 1)}
+    model, _, tokenizer, _ = tiny_openclip
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model.encode_text(tokenizer(["a dog"])), dim=-1)
+    np.testing.assert_allclose(lines[2]["embedding"], want[0].numpy(), atol=1e-4)
+
+
+def test_models_and_health(server):
+    listed = lens("models", "--server", server.address)
+    assert listed.returncode == 0
+    assert "tiny (default): clip, dim 32, image+text, serving version 1" in listed.stdout
+    as_json = json.loads(lens("models", "tiny", "--json", "--server", server.address).stdout)
+    assert as_json[0]["versions"][0]["state"] == "serving"
+    assert lens("health", "--server", server.address).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["embed"], 2, "give at least one --text or --image"),
+        (["embed", "--image", "/no/such.jpg"], 2, "/no/such.jpg: no such file"),
+        (["embed", "--text", "x", "--model", "absent"], 1, "NOT_FOUND: model 'absent' not found"),
+        (["embed", "--text", "x", "--model", "tiny:x"], 1, "must be a number"),
+    ],
+)
+def test_client_errors_are_one_line(server, args, code, message):
+    result = lens(*args, "--server", server.address)
+    assert result.returncode == code
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_server(tmp_path):
+    result = lens("embed", "--text", "x", "--server", "127.0.0.1:1", timeout=120)
+    assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+    assert lens("health", "--server", "127.0.0.1:1").returncode == 1

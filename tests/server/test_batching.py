@@ -1,0 +1,181 @@
+"""The dynamic batcher with a deterministic fake tower: ordering, batching, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server.batching import Batcher
+from server.config import BatchConfig
+from server.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
+
+
+class FakeTower:
+    """Returns each row's first value, doubled; records batch sizes; can be told to fail."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.batches: list[int] = []
+        self.fail_on: float | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        time.sleep(self.delay)
+        self.batches.append(len(x))
+        if self.fail_on is not None and self.fail_on in x[:, 0]:
+            raise RuntimeError("boom")
+        return np.stack([x[:, 0] * 2, x[:, 0]], axis=1)
+
+
+def rows(*values: float) -> list[np.ndarray]:
+    return [np.array([v], dtype=np.float32) for v in values]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_results_come_back_in_order_for_each_concurrent_request():
+    async def main():
+        tower = FakeTower(delay=0.002)
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=8, max_queue_delay_ms=2))
+        requests = [list(range(i * 10, i * 10 + 1 + i % 5)) for i in range(40)]
+        outputs = await asyncio.gather(*(batcher.submit(rows(*r)) for r in requests))
+        for request, out in zip(requests, outputs, strict=True):
+            np.testing.assert_array_equal(out[:, 0], np.array(request) * 2)
+        await batcher.close()
+        return tower
+
+    tower = run(main())
+    assert max(tower.batches) > 1, "concurrent inputs were never batched together"
+    assert max(tower.batches) <= 8
+
+
+def test_a_lone_input_waits_no_longer_than_the_delay():
+    async def main():
+        batcher = Batcher("fake", FakeTower(), BatchConfig(max_batch_size=64, max_queue_delay_ms=20))
+        start = time.monotonic()
+        await batcher.submit(rows(1.0))
+        elapsed = time.monotonic() - start
+        await batcher.close()
+        return elapsed
+
+    assert run(main()) < 0.5
+
+
+def test_inputs_wait_while_the_instance_is_busy_and_then_run_together():
+    async def main():
+        tower = FakeTower()
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=32, max_queue_delay_ms=0))
+        tower.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)  # the first batch is now stuck in the tower
+        later = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(1, 11)]
+        await asyncio.sleep(0.05)
+        tower.gate.set()
+        await asyncio.gather(first, *later)
+        await batcher.close()
+        return tower.batches
+
+    assert run(main()) == [1, 10]
+
+
+def test_full_queue_refuses_the_whole_request():
+    async def main():
+        tower = FakeTower()
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=2, max_queue_size=4,
+                                                    max_queue_delay_ms=0))
+        tower.gate.clear()
+        stuck = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(batcher.submit(rows(2, 3, 4)))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue full"):
+            await batcher.submit(rows(5, 6))
+        assert batcher.queued == 3  # nothing of the refused request was queued
+        tower.gate.set()
+        await asyncio.gather(stuck, waiting)
+        await batcher.close()
+
+    run(main())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
+    async def main():
+        tower = FakeTower()
+        tower.fail_on = 13.0
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=4, max_queue_delay_ms=1))
+        with pytest.raises(ModelError, match="boom"):
+            await batcher.submit(rows(12, 13))
+        out = await batcher.submit(rows(7))
+        await batcher.close()
+        return out
+
+    np.testing.assert_array_equal(run(main())[:, 0], [14])
+
+
+def test_cancelled_requests_are_dropped_before_the_tower():
+    async def main():
+        tower = FakeTower()
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=16, max_queue_delay_ms=0))
+        tower.gate.clear()
+        busy = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(batcher.submit(rows(1, 2, 3)))
+        kept = asyncio.ensure_future(batcher.submit(rows(4)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        tower.gate.set()
+        await asyncio.gather(busy, kept)
+        await batcher.close()
+        return tower.batches, batcher.stats.dropped
+
+    batches, dropped = run(main())
+    assert batches == [1, 1] and dropped == 3
+
+
+def test_expired_deadlines_are_not_run():
+    async def main():
+        tower = FakeTower()
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=16, max_queue_delay_ms=0))
+        tower.gate.clear()
+        busy = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit(rows(1), deadline=time.monotonic() + 0.01))
+        await asyncio.sleep(0.05)
+        tower.gate.set()
+        await busy
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await batcher.close()
+        return tower.batches
+
+    assert run(main()) == [1]
+
+
+def test_close_runs_what_is_queued_then_refuses_new_inputs():
+    async def main():
+        tower = FakeTower(delay=0.01)
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=2, max_queue_delay_ms=0))
+        pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        results = await asyncio.gather(*pending)
+        with pytest.raises(Unavailable):
+            await batcher.submit(rows(9))
+        return results
+
+    assert [float(r[0, 0]) for r in run(main())] == [0, 2, 4, 6, 8, 10]
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="max_queue_size"):
+        BatchConfig(max_batch_size=8, max_queue_size=4)
