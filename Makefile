@@ -30,10 +30,7 @@ $(VENV)/.installed: pyproject.toml $(PROTOS)
 
 # Generated Python for the protocol: package `lens.v1` under gen/, never edited by hand.
 proto:
-	rm -rf gen && mkdir -p gen
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen \
-	  --mypy_out=gen --mypy_grpc_out=gen $(PROTOS)
-	touch gen/lens/__init__.py gen/lens/v1/__init__.py gen/lens/py.typed
+	$(BIN)/python protos/generate.py
 
 model: setup
 	$(BIN)/lens import openclip --arch $(LENS_ARCH) --name $(LENS_MODEL) --repo $(REPO) \
@@ -45,12 +42,12 @@ serve: model
 test: setup lint typecheck pytest
 
 lint: setup
-	$(BIN)/ruff check server training clients tests bench
-	$(BIN)/ruff format --check server training clients tests bench
+	$(BIN)/ruff check server training clients tests bench protos
+	$(BIN)/ruff format --check server training clients tests bench protos
 
 format: setup
-	$(BIN)/ruff check --fix server training clients tests bench
-	$(BIN)/ruff format server training clients tests bench
+	$(BIN)/ruff check --fix server training clients tests bench protos
+	$(BIN)/ruff format server training clients tests bench protos
 
 typecheck: setup
 	$(BIN)/mypy

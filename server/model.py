@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -97,11 +98,14 @@ class LoadedVersion:
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
         self._check_towers(images, texts)
         loop = asyncio.get_running_loop()
+        decodes = (
+            loop.run_in_executor(self._decode_pool, self._decode, cast(bytes, inputs[i]), i)
+            for i in images
+        )
+        text_data = [cast(str, inputs[i]) for i in texts]
         pixels, tokens = await asyncio.gather(
-            asyncio.gather(
-                *(loop.run_in_executor(self._decode_pool, self._decode, inputs[i], i) for i in images)
-            ),
-            loop.run_in_executor(self._decode_pool, self._tokenize, [inputs[i] for i in texts]),
+            asyncio.gather(*decodes),
+            loop.run_in_executor(self._decode_pool, self._tokenize, text_data),
         )
         jobs, rows = [], []
         if images:

@@ -95,7 +95,9 @@ class Registry:
         versions = self.repo.versions(name)  # NotFound lists the models
         if version == 0:
             if name not in self._serving:
-                reasons = "; ".join(f"version {v}: {r}" for (n, v), r in self._failed.items() if n == name)
+                reasons = "; ".join(
+                    f"version {v}: {r}" for (n, v), r in self._failed.items() if n == name
+                )
                 raise FailedPrecondition(
                     f"model {name!r} has no version serving" + (f" ({reasons})" if reasons else "")
                 )

@@ -1,7 +1,7 @@
 """The asyncio client: the same calls as `LensClient`, awaited.
 
-    async with AsyncLensClient() as lens:
-        vectors = await lens.embed_texts(["a cat", "a dog"])
+async with AsyncLensClient() as lens:
+    vectors = await lens.embed_texts(["a cat", "a dog"])
 """
 
 from __future__ import annotations
@@ -39,19 +39,37 @@ class AsyncLensClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def embed_images(
-        self, images: Iterable[ImageLike], *, model: str | None = None, batch_size: int = 32,
+        self,
+        images: Iterable[ImageLike],
+        *,
+        model: str | None = None,
+        batch_size: int = 32,
         progress: bool = False,
     ) -> np.ndarray:
-        result = await self.embed(codec.image_inputs(images), model=model,
-                                  batch_size=batch_size, progress=progress, total=codec.count(images))
+        result = await self.embed(
+            codec.image_inputs(images),
+            model=model,
+            batch_size=batch_size,
+            progress=progress,
+            total=codec.count(images),
+        )
         return result.vectors
 
     async def embed_texts(
-        self, texts: Iterable[str], *, model: str | None = None, batch_size: int = 128,
+        self,
+        texts: Iterable[str],
+        *,
+        model: str | None = None,
+        batch_size: int = 128,
         progress: bool = False,
     ) -> np.ndarray:
-        result = await self.embed(codec.text_inputs(texts), model=model,
-                                  batch_size=batch_size, progress=progress, total=codec.count(texts))
+        result = await self.embed(
+            codec.text_inputs(texts),
+            model=model,
+            batch_size=batch_size,
+            progress=progress,
+            total=codec.count(texts),
+        )
         return result.vectors
 
     async def embed(
@@ -70,8 +88,9 @@ class AsyncLensClient:
         bar = tqdm(total=total, unit="input", disable=not progress)
         try:
             if len(batches) == 1:
-                parts = [codec.embeddings(await self._inference.Embed(batches[0],
-                                                                      timeout=self.timeout))]
+                parts = [
+                    codec.embeddings(await self._inference.Embed(batches[0], timeout=self.timeout))
+                ]
             else:
                 parts = []
                 call = self._inference.EmbedStream(_aiter(batches))
@@ -86,24 +105,27 @@ class AsyncLensClient:
 
     async def models(self) -> list[dict[str, Any]]:
         try:
-            response = await self._models.ListModels(models_pb2.ListModelsRequest(),
-                                                     timeout=self.timeout)
+            response = await self._models.ListModels(
+                models_pb2.ListModelsRequest(), timeout=self.timeout
+            )
         except grpc.RpcError as e:
             raise LensClientError.from_rpc(e) from None
         return [codec.model_dict(m) for m in response.models]
 
     async def get_model(self, name: str) -> dict[str, Any]:
         try:
-            info = await self._models.GetModel(models_pb2.GetModelRequest(name=name),
-                                               timeout=self.timeout)
+            info = await self._models.GetModel(
+                models_pb2.GetModelRequest(name=name), timeout=self.timeout
+            )
         except grpc.RpcError as e:
             raise LensClientError.from_rpc(e) from None
         return codec.model_dict(info)
 
     async def healthy(self, service: str = "") -> bool:
         try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=service),
-                                                timeout=min(self.timeout, 10))
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=min(self.timeout, 10)
+            )
         except grpc.RpcError:
             return False
         return response.status == health_pb2.HealthCheckResponse.SERVING
@@ -118,6 +140,8 @@ class AsyncLensClient:
         await self.close()
 
 
-async def _aiter(batches: list[inference_pb2.EmbedRequest]) -> AsyncIterator[inference_pb2.EmbedRequest]:
+async def _aiter(
+    batches: list[inference_pb2.EmbedRequest],
+) -> AsyncIterator[inference_pb2.EmbedRequest]:
     for batch in batches:
         yield batch

@@ -11,14 +11,19 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from lens_client import codec
 
+if TYPE_CHECKING:
+    from server.repository import Repository
+
 app = typer.Typer(
-    name="lens", no_args_is_help=True, add_completion=False,
+    name="lens",
+    no_args_is_help=True,
+    add_completion=False,
     help="lens: image and text embeddings over gRPC, and the models behind them.",
 )
 import_app = typer.Typer(no_args_is_help=True, help="Import a model into the repository.")
@@ -27,9 +32,7 @@ app.add_typer(import_app, name="import")
 Server = Annotated[
     str, typer.Option("--server", envvar="LENS_SERVER", help="Server address HOST:PORT.")
 ]
-Repo = Annotated[
-    Path, typer.Option("--repo", envvar="LENS_REPO", help="Model repository folder.")
-]
+Repo = Annotated[Path, typer.Option("--repo", envvar="LENS_REPO", help="Model repository folder.")]
 Model = Annotated[
     str | None, typer.Option("--model", help="NAME[:VERSION]; default: the server's default.")
 ]
@@ -46,16 +49,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 50051,
     repo: Repo = Path("models"),
     default_model: Annotated[
-        str | None, typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none.")
+        str | None,
+        typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
     ] = None,
     max_batch_size: Annotated[int, typer.Option(help="Inputs per batch, per tower.")] = 32,
     max_queue_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
-    max_queue_size: Annotated[int, typer.Option(help="Inputs waiting per tower before "
-                                                "RESOURCE_EXHAUSTED.")] = 4096,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Inputs waiting per tower before RESOURCE_EXHAUSTED.")
+    ] = 4096,
     instances: Annotated[int, typer.Option(help="Batches run at once per tower.")] = 1,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime threads per op (0: one per core).")] = 0,
-    decode_workers: Annotated[int | None, typer.Option(help="Image decoding threads "
-                                                       "(default: one per core).")] = None,
+    threads: Annotated[
+        int, typer.Option(help="ONNX Runtime threads per op (0: one per core).")
+    ] = 0,
+    decode_workers: Annotated[
+        int | None, typer.Option(help="Image decoding threads (default: one per core).")
+    ] = None,
     max_inputs: Annotated[int, typer.Option(help="Inputs per request.")] = 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
@@ -66,13 +74,18 @@ def serve(
     from server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
     from server.errors import LensError
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         runtime = RuntimeConfig(intra_op_threads=threads)
         if decode_workers is not None:
             runtime = RuntimeConfig(intra_op_threads=threads, decode_workers=decode_workers)
         config = ServerConfig(
-            repo=repo, host=host, port=port, default_model=default_model,
+            repo=repo,
+            host=host,
+            port=port,
+            default_model=default_model,
             batch=BatchConfig(max_batch_size, max_queue_delay_ms, max_queue_size, instances),
             limits=Limits(max_inputs_per_request=max_inputs),
             runtime=runtime,
@@ -101,8 +114,10 @@ def models(
         return
     for model in found:
         default = " (default)" if model["default"] else ""
-        typer.echo(f"{model['name']}{default}: {model['kind']}, dim {model['dim']}, "
-                   f"{'+'.join(model['modalities'])}, serving version {model['serving_version']}")
+        typer.echo(
+            f"{model['name']}{default}: {model['kind']}, dim {model['dim']}, "
+            f"{'+'.join(model['modalities'])}, serving version {model['serving_version']}"
+        )
         for v in model["versions"]:
             reason = f": {v['reason']}" if v["reason"] else ""
             on = f" on {', '.join(v['providers'])}" if v["providers"] else ""
@@ -111,9 +126,12 @@ def models(
 
 @app.command()
 def embed(
-    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeatable).")] = None,
-    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="An image file "
-                                                      "(repeatable).")] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", "-t", help="A text (repeatable).")
+    ] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", "-i", help="An image file (repeatable).")
+    ] = None,
     model: Model = None,
     server: Server = codec.DEFAULT_SERVER,
     batch_size: Annotated[int, typer.Option(help="Inputs per request.")] = 32,
@@ -131,14 +149,19 @@ def embed(
     with LensClient(server, model=model) as client:
         try:
             inputs = [*codec.image_inputs(images), *codec.text_inputs(texts)]
-            result = client.embed(inputs, batch_size=batch_size, progress=progress,
-                                  total=len(inputs))
+            result = client.embed(
+                inputs, batch_size=batch_size, progress=progress, total=len(inputs)
+            )
         except (codec.LensClientError, ValueError) as e:
             fail(str(e))
     labels = [str(p) for p in images] + texts
     for label, vector in zip(labels, result.vectors, strict=True):
-        line = {"input": label, "model": result.model, "version": result.version,
-                "embedding": [round(float(v), 7) for v in vector]}
+        line = {
+            "input": label,
+            "model": result.model,
+            "version": result.version,
+            "embedding": [round(float(v), 7) for v in vector],
+        }
         sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
@@ -157,11 +180,17 @@ def health(server: Server = codec.DEFAULT_SERVER) -> None:
 def import_openclip(
     arch: Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-32.")],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
-    pretrained: Annotated[str | None, typer.Option(
-        envvar="LENS_PRETRAINED",
-        help="A checkpoint file or a pretrained tag; default: random weights.")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LENS_PRETRAINED",
+            help="A checkpoint file or a pretrained tag; default: random weights.",
+        ),
+    ] = None,
     repo: Repo = Path("models"),
-    if_missing: Annotated[bool, typer.Option(help="Do nothing if the model has a version.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if the model has a version.")
+    ] = False,
 ) -> None:
     """Import an open_clip model: export both towers to ONNX, check parity, add a version."""
     _import(repo, name, if_missing, "openclip", arch=arch, pretrained=pretrained or None)
@@ -172,7 +201,9 @@ def import_hf(
     folder: Annotated[Path, typer.Argument(help="A local transformers CLIPModel folder.")],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
     repo: Repo = Path("models"),
-    if_missing: Annotated[bool, typer.Option(help="Do nothing if the model has a version.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if the model has a version.")
+    ] = False,
 ) -> None:
     """Import a transformers CLIPModel folder: export, check parity, add a version."""
     if not folder.is_dir():
@@ -188,25 +219,38 @@ def _import(repo: Path, name: str, if_missing: bool, source: str, **kwargs: obje
     repository = Repository(repo)
     if if_missing and name in repository.models():
         version = repository.latest(name)
-        typer.echo(f"{name}: version {version} is already in {repo} ({_describe(repository, name, version)})")
+        typer.echo(
+            f"{name}: version {version} is already in {repo} "
+            f"({_describe(repository, name, version)})"
+        )
         return
+    what = kwargs.get("arch") or kwargs.get("folder")
+    weights = kwargs.get("pretrained") or ("random weights" if source == "openclip" else "")
+    typer.echo(
+        f"importing {source} {what} as {name} ({weights or 'weights from the folder'})…", err=True
+    )
     logging.basicConfig(level=logging.WARNING)
-    typer.echo(f"importing {source} {kwargs.get('arch') or kwargs.get('folder')} as {name} "
-               f"({'weights: ' + str(kwargs['pretrained']) if kwargs.get('pretrained') else 'random weights' if source == 'openclip' else 'weights from the folder'})…", err=True)
     try:
         if source == "openclip":
-            from training.export.openclip import import_openclip as run
+            from training.export.openclip import import_openclip
+
+            version, path = import_openclip(repository, name=name, **kwargs)  # type: ignore[arg-type]
         else:
-            from training.export.hf import import_hf as run
-        version, path = run(repository, name=name, **kwargs)  # type: ignore[arg-type]
-    except (ParityError, LensError, ValueError, RuntimeError, FileNotFoundError) as e:
+            from training.export.hf import import_hf
+
+            version, path = import_hf(repository, name=name, **kwargs)  # type: ignore[arg-type]
+    except (ParityError, LensError, ValueError, RuntimeError, OSError) as e:
         fail(f"import failed, nothing written: {e}")
-    typer.echo(f"{name}: version {version} written to {path} ({_describe(repository, name, version)})")
+    typer.echo(
+        f"{name}: version {version} written to {path} ({_describe(repository, name, version)})"
+    )
 
 
-def _describe(repository: object, name: str, version: int) -> str:
-    manifest = repository.manifest(name, version)  # type: ignore[attr-defined]
+def _describe(repository: Repository, name: str, version: int) -> str:
+    manifest = repository.manifest(name, version)
     source = manifest.source
-    weights = source.get("pretrained") or ("random weights" if source.get("type") == "openclip" else "")
+    weights = source.get("pretrained") or (
+        "random weights" if source.get("type") == "openclip" else "weights from the folder"
+    )
     parity = ", ".join(f"{t} parity {p['min_cosine']:.6f}" for t, p in manifest.parity.items())
     return f"{source.get('type')}:{source.get('arch')}, {weights}, dim {manifest.dim}, {parity}"

@@ -1,8 +1,8 @@
 """The synchronous client.
 
-    with LensClient("127.0.0.1:50051") as lens:
-        vectors = lens.embed_images(["cat.jpg", "dog.png"])   # (2, dim) float32
-        vectors = lens.embed_texts(["a cat", "a dog"])
+with LensClient("127.0.0.1:50051") as lens:
+    vectors = lens.embed_images(["cat.jpg", "dog.png"])   # (2, dim) float32
+    vectors = lens.embed_texts(["a cat", "a dog"])
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ class LensClient:
         progress: bool = False,
     ) -> np.ndarray:
         """Images (paths, bytes or PIL images) → float32 (N, dim), in order."""
-        return self.embed(codec.image_inputs(images), model=model, batch_size=batch_size,
-                          progress=progress, total=codec.count(images)).vectors
+        return self.embed(
+            codec.image_inputs(images),
+            model=model,
+            batch_size=batch_size,
+            progress=progress,
+            total=codec.count(images),
+        ).vectors
 
     def embed_texts(
         self,
@@ -66,8 +71,13 @@ class LensClient:
         progress: bool = False,
     ) -> np.ndarray:
         """Texts → float32 (N, dim), in order."""
-        return self.embed(codec.text_inputs(texts), model=model, batch_size=batch_size,
-                          progress=progress, total=codec.count(texts)).vectors
+        return self.embed(
+            codec.text_inputs(texts),
+            model=model,
+            batch_size=batch_size,
+            progress=progress,
+            total=codec.count(texts),
+        ).vectors
 
     def embed(
         self,
@@ -115,7 +125,9 @@ class LensClient:
 
     def get_model(self, name: str) -> dict[str, Any]:
         try:
-            info = self._models.GetModel(models_pb2.GetModelRequest(name=name), timeout=self.timeout)
+            info = self._models.GetModel(
+                models_pb2.GetModelRequest(name=name), timeout=self.timeout
+            )
         except grpc.RpcError as e:
             raise LensClientError.from_rpc(e) from None
         return codec.model_dict(info)
@@ -142,4 +154,3 @@ class LensClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

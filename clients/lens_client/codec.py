@@ -8,22 +8,18 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import grpc
 import numpy as np
 from lens.v1 import common_pb2, inference_pb2, models_pb2
+from PIL import Image
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
-try:  # Pillow is optional on the client side: only needed to send PIL images.
-    from PIL import Image as _PILImage
-except ImportError:  # pragma: no cover
-    _PILImage = None  # type: ignore[assignment]
-
 # An image: a path, encoded bytes, or a PIL image (sent as PNG).
-ImageLike = Union[str, os.PathLike, bytes, "_PILImage.Image"]
+ImageLike = str | os.PathLike | bytes | Image.Image
 
 
 class LensClientError(Exception):
@@ -36,7 +32,7 @@ class LensClientError(Exception):
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> LensClientError:
-        return cls(error.code(), error.details() or "")  # type: ignore[attr-defined]
+        return cls(error.code(), error.details() or "")
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,7 @@ def image_bytes(image: ImageLike) -> bytes:
         return image
     if isinstance(image, (str, os.PathLike)):
         return Path(image).read_bytes()
-    if _PILImage is not None and isinstance(image, _PILImage.Image):
+    if isinstance(image, Image.Image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return buffer.getvalue()
@@ -155,8 +151,9 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
         "name": info.name,
         "kind": info.kind,
         "dim": info.dim,
-        "modalities": [common_pb2.Modality.Name(m).removeprefix("MODALITY_").lower()
-                       for m in info.modalities],
+        "modalities": [
+            common_pb2.Modality.Name(m).removeprefix("MODALITY_").lower() for m in info.modalities
+        ],
         "serving_version": info.serving_version,
         "default": info.is_default,
         "versions": [

@@ -105,7 +105,7 @@ class ImagePreprocessor:
     def _center_crop(self, image: Image.Image) -> Image.Image:
         size, (width, height) = self.spec.size, image.size
         if self.spec.crop_offset == "round":
-            top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+            top, left = round((height - size) / 2.0), round((width - size) / 2.0)
         else:
             top, left = (height - size) // 2, (width - size) // 2
         return image.crop((left, top, left + size, top + size))

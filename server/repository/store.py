@@ -85,9 +85,7 @@ class Repository:
         manifest, then renames the folder into place (atomic on one file system). Returns the
         version and its folder.
         """
-        files = {
-            p.name: mf.sha256(p) for p in sorted(staged.iterdir()) if p.name != mf.MANIFEST
-        }
+        files = {p.name: mf.sha256(p) for p in sorted(staged.iterdir()) if p.name != mf.MANIFEST}
         model_dir = self.root / manifest.name
         while True:
             version = max(self._ids(model_dir), default=0) + 1

@@ -16,29 +16,51 @@ from tests.conftest import LENS, TINY_ARCH, photo
 
 def lens(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
     return subprocess.run(
-        [str(LENS), *args], capture_output=True, text=True, timeout=timeout,
+        [str(LENS), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
 
 def test_import_openclip_from_a_checkpoint_then_if_missing(tmp_path, tiny_openclip):
     checkpoint = str(tiny_openclip[3])
-    first = lens("import", "openclip", "--arch", str(TINY_ARCH), "--name", "mine",
-                 "--pretrained", checkpoint, "--repo", str(tmp_path))
+    first = lens(
+        "import",
+        "openclip",
+        "--arch",
+        str(TINY_ARCH),
+        "--name",
+        "mine",
+        "--pretrained",
+        checkpoint,
+        "--repo",
+        str(tmp_path),
+    )
     assert first.returncode == 0, first.stderr
     assert "mine: version 1 written" in first.stdout and "image parity" in first.stdout
     manifest = json.loads((tmp_path / "mine" / "1" / "manifest.json").read_text())
     assert manifest["source"]["pretrained"] == checkpoint
     assert manifest["parity"]["image"]["min_cosine"] >= 0.99999
-    again = lens("import", "openclip", "--arch", str(TINY_ARCH), "--name", "mine",
-                 "--if-missing", env={"LENS_REPO": str(tmp_path)})
+    again = lens(
+        "import",
+        "openclip",
+        "--arch",
+        str(TINY_ARCH),
+        "--name",
+        "mine",
+        "--if-missing",
+        env={"LENS_REPO": str(tmp_path)},
+    )
     assert again.returncode == 0 and "already" in again.stdout
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["1"]
 
 
 def test_import_of_an_unknown_architecture_fails_in_one_line(tmp_path):
-    result = lens("import", "openclip", "--arch", "No-Such-Arch", "--name", "x",
-                  "--repo", str(tmp_path))
+    result = lens(
+        "import", "openclip", "--arch", "No-Such-Arch", "--name", "x", "--repo", str(tmp_path)
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("lens: import failed, nothing written")
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
@@ -59,8 +81,16 @@ def test_failed_parity_writes_nothing(tmp_path, monkeypatch, tiny_openclip):
 def test_embed_prints_json_lines(server, tmp_path, tiny_openclip):
     path = tmp_path / "cat.jpg"
     Image.fromarray(photo("chelsea")).save(path)
-    result = lens("embed", "--image", str(path), "--text", "a photo of a cat",
-                  "--text", "a dog", env={"LENS_SERVER": server.address})
+    result = lens(
+        "embed",
+        "--image",
+        str(path),
+        "--text",
+        "a photo of a cat",
+        "--text",
+        "a dog",
+        env={"LENS_SERVER": server.address},
+    )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["input"] for line in lines] == [str(path), "a photo of a cat", "a dog"]

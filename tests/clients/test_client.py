@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pytest
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from lens_client import AsyncLensClient, LensClient, LensClientError, codec, parse_model
 from PIL import Image
 
-from lens_client import AsyncLensClient, LensClient, LensClientError, codec, parse_model
 from tests.conftest import photo
 
 
@@ -92,7 +92,8 @@ class Flaky(inference_pb2_grpc.InferenceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         vector = np.array([[0.6, 0.8]], "<f4")
         return inference_pb2.EmbedResponse(
-            model="flaky", version=3,
+            model="flaky",
+            version=3,
             embeddings=common_pb2.Matrix(rows=1, cols=2, data=vector.tobytes()),
         )
 

@@ -59,7 +59,9 @@ def test_results_come_back_in_order_for_each_concurrent_request():
 
 def test_a_lone_input_waits_no_longer_than_the_delay():
     async def main():
-        batcher = Batcher("fake", FakeTower(), BatchConfig(max_batch_size=64, max_queue_delay_ms=20))
+        batcher = Batcher(
+            "fake", FakeTower(), BatchConfig(max_batch_size=64, max_queue_delay_ms=20)
+        )
         start = time.monotonic()
         await batcher.submit(rows(1.0))
         elapsed = time.monotonic() - start
@@ -89,8 +91,9 @@ def test_inputs_wait_while_the_instance_is_busy_and_then_run_together():
 def test_full_queue_refuses_the_whole_request():
     async def main():
         tower = FakeTower()
-        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=2, max_queue_size=4,
-                                                    max_queue_delay_ms=0))
+        batcher = Batcher(
+            "fake", tower, BatchConfig(max_batch_size=2, max_queue_size=4, max_queue_delay_ms=0)
+        )
         tower.gate.clear()
         stuck = asyncio.ensure_future(batcher.submit(rows(0, 1)))
         await asyncio.sleep(0.05)

@@ -91,8 +91,9 @@ def test_mixed_batch_keeps_request_order(channel, tiny_openclip):
     ]
     got = matrix(embed(channel, *inputs))
     np.testing.assert_allclose(got[1], reference_images(tiny_openclip, [image])[0], atol=1e-4)
-    np.testing.assert_allclose(got[[0, 2]], reference_texts(tiny_openclip, ["a cat", "a dog"]),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        got[[0, 2]], reference_texts(tiny_openclip, ["a cat", "a dog"]), atol=1e-4
+    )
 
 
 def test_concurrent_clients_get_their_own_results_in_order(server, tiny_openclip):
@@ -108,7 +109,7 @@ def test_concurrent_clients_get_their_own_results_in_order(server, tiny_openclip
                     got = matrix(embed(ch, *(inference_pb2.Input(text=t) for t in mine)))
                     want = np.stack([expected[t] for t in mine])
                     np.testing.assert_allclose(got, want, atol=1e-4)
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
@@ -129,8 +130,9 @@ def test_embed_stream_answers_in_request_order(channel, tiny_openclip):
     responses = list(stub.EmbedStream(requests, timeout=60))
     assert len(responses) == len(batches)
     for batch, response in zip(batches, responses, strict=True):
-        np.testing.assert_allclose(matrix(response), reference_texts(tiny_openclip, batch),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            matrix(response), reference_texts(tiny_openclip, batch), atol=1e-4
+        )
 
 
 def test_embed_stream_in_lockstep(channel):
@@ -190,23 +192,41 @@ def _truncated() -> bytes:
 
 BAD_INPUTS = [
     ("empty batch", [], "empty"),
-    ("zero-byte image", [inference_pb2.Input(text="ok"), inference_pb2.Input(image=b"")],
-     "input 1: image is empty"),
-    ("undecodable image", [inference_pb2.Input(image=b"not an image at all")],
-     "input 0: image could not be decoded"),
-    ("truncated image", [inference_pb2.Input(text="ok"), inference_pb2.Input(image=_truncated())],
-     "input 1: image could not be decoded"),
+    (
+        "zero-byte image",
+        [inference_pb2.Input(text="ok"), inference_pb2.Input(image=b"")],
+        "input 1: image is empty",
+    ),
+    (
+        "undecodable image",
+        [inference_pb2.Input(image=b"not an image at all")],
+        "input 0: image could not be decoded",
+    ),
+    (
+        "truncated image",
+        [inference_pb2.Input(text="ok"), inference_pb2.Input(image=_truncated())],
+        "input 1: image could not be decoded",
+    ),
     ("decompression bomb", [inference_pb2.Input(image=_bomb())], "input 0: image is 9000x9000"),
-    ("neither image nor text", [inference_pb2.Input(text="ok"), inference_pb2.Input()],
-     "input 1: has neither image nor text"),
+    (
+        "neither image nor text",
+        [inference_pb2.Input(text="ok"), inference_pb2.Input()],
+        "input 1: has neither image nor text",
+    ),
     ("too many inputs", [inference_pb2.Input(text="x")] * 1025, "1025 inputs is over the limit"),
-    ("unsupported format", [inference_pb2.Input(image=encode(photo("camera"), "TIFF"))],
-     "input 0: image format TIFF is not accepted"),
+    (
+        "unsupported format",
+        [inference_pb2.Input(image=encode(photo("camera"), "TIFF"))],
+        "input 0: image format TIFF is not accepted",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("inputs", "message"), [(i, m) for _, i, m in BAD_INPUTS],
-                         ids=[name for name, _, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [(i, m) for _, i, m in BAD_INPUTS],
+    ids=[name for name, _, _ in BAD_INPUTS],
+)
 def test_bad_input_is_invalid_argument_and_server_keeps_serving(channel, server, inputs, message):
     with pytest.raises(grpc.RpcError) as info:
         embed(channel, *inputs)
@@ -255,8 +275,9 @@ def test_health_and_reflection(channel):
 
 def test_full_queue_is_resource_exhausted(tiny_repo):
     """A request that would overflow a tower's queue is refused whole; others still run."""
-    proc = ServerProcess(tiny_repo, "--max-batch-size", "4", "--max-queue-size", "8",
-                         "--max-queue-delay-ms", "50")
+    proc = ServerProcess(
+        tiny_repo, "--max-batch-size", "4", "--max-queue-size", "8", "--max-queue-delay-ms", "50"
+    )
     try:
         with grpc.insecure_channel(proc.address) as ch:
             image = inference_pb2.Input(image=encode(photo("astronaut"), "JPEG"))

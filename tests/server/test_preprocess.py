@@ -104,8 +104,7 @@ TEXTS = [
 
 def test_token_ids_equal_open_clip(tiny_repo, tiny_openclip):
     _, _, reference, _ = tiny_openclip
-    spec = TextSpec(context_length=77, sot_id=reference.sot_token_id,
-                    eot_id=reference.eot_token_id)
+    spec = TextSpec(context_length=77, sot_id=reference.sot_token_id, eot_id=reference.eot_token_id)
     ours = TextTokenizer(spec, tiny_repo / "tiny" / "1" / "tokenizer.json")
     got = ours(TEXTS)
     assert got.dtype == np.int64 and got.shape == (len(TEXTS), 77)

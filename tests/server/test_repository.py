@@ -14,7 +14,10 @@ from server.repository.manifest import load, verify_files
 
 def manifest(name: str = "m") -> Manifest:
     return Manifest(
-        name=name, version=0, kind="simclr", dim=8,
+        name=name,
+        version=0,
+        kind="simclr",
+        dim=8,
         image=ImageSpec(size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
     )
 
@@ -83,5 +86,5 @@ def test_broken_manifest_is_reported(tmp_path):
 def test_manifest_validation():
     with pytest.raises(ValueError, match="image tower, a text tower"):
         Manifest(name="m", version=1, kind="clip", dim=4)
-    with pytest.raises(ValueError, match="image.resize"):
+    with pytest.raises(ValueError, match=r"image\.resize"):
         ImageSpec(size=4, mean=(0, 0, 0), std=(1, 1, 1), resize="stretch")

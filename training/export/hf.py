@@ -35,8 +35,8 @@ def image_spec(folder: Path) -> ImageSpec:
         raise ValueError(f"{path}: resize to {short} then crop to {side} is not supported")
     return ImageSpec(
         size=int(side),
-        mean=tuple(cfg.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),  # type: ignore[arg-type]
-        std=tuple(cfg.get("image_std", (0.26862954, 0.26130258, 0.27577711))),  # type: ignore[arg-type]
+        mean=tuple(cfg.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
+        std=tuple(cfg.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
         resize="shortest",
         interpolation=_RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic"),
         crop_offset="floor",
@@ -85,7 +85,10 @@ def import_hf(repo: Repository, folder: Path, name: str) -> tuple[int, Path]:
     @torch.no_grad()
     def reference_texts(texts: Any) -> np.ndarray:
         ids = hf_tokenizer(
-            list(texts), padding="max_length", max_length=length, truncation=True,
+            list(texts),
+            padding="max_length",
+            max_length=length,
+            truncation=True,
             return_tensors="pt",
         )["input_ids"]
         return _features(model.get_text_features(input_ids=ids)).numpy()

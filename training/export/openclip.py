@@ -41,8 +41,11 @@ def image_spec(cfg: dict[str, Any]) -> ImageSpec:
 def import_openclip(
     repo: Repository, arch: str, name: str, pretrained: str | None = None
 ) -> tuple[int, Path]:
-    """Builds `arch` (a name open_clip knows, or a config .json file; random init, a local checkpoint or a pretrained tag), exports both
-    towers, checks parity on real photos and texts, and commits the next version of `name`.
+    """Builds `arch` and commits it as the next version of `name`.
+
+    `arch` is a name open_clip knows or an architecture .json file; weights are random unless
+    `pretrained` names a local checkpoint or a pretrained tag. Both towers are exported and
+    checked for parity on real photos and texts.
 
     Raises ParityError (writing nothing) if the export does not reproduce open_clip.
     """

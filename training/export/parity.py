@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,8 @@ SAMPLE_TEXTS = (
     "",
 )
 FP32_THRESHOLD = 0.99999
+
+T = TypeVar("T")
 
 
 class ParityError(Exception):
@@ -55,9 +58,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def check(
     tower: str,
-    inputs: Sequence[object],
-    reference: Callable[[Sequence[object]], np.ndarray],
-    candidate: Callable[[Sequence[object]], np.ndarray],
+    inputs: Sequence[T],
+    reference: Callable[[Sequence[T]], np.ndarray],
+    candidate: Callable[[Sequence[T]], np.ndarray],
     threshold: float | None = None,
 ) -> dict[str, float | int]:
     """Embeds `inputs` both ways; the figures for the manifest, or ParityError.

@@ -29,9 +29,7 @@ def from_openclip(tokenizer: Any, path: Path) -> None:
     if clean not in ("_clean_lower", ""):
         raise ValueError(f"open_clip tokenizer cleaning {clean!r} is not supported (only 'lower')")
     merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.__getitem__)
-    bpe = models.BPE(
-        vocab=dict(tokenizer.encoder), merges=list(merges), end_of_word_suffix="</w>"
-    )
+    bpe = models.BPE(vocab=dict(tokenizer.encoder), merges=list(merges), end_of_word_suffix="</w>")
     result = Tokenizer(bpe)
     result.pre_tokenizer = pre_tokenizers.Sequence(
         [
