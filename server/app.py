@@ -11,11 +11,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from lens.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from lens.v1 import (
+    index_pb2,
+    index_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 
+from server.collections import Collections
 from server.config import ServerConfig
 from server.registry import Registry
 from server.repository import Repository
+from server.services.index import IndexServicer
 from server.services.inference import InferenceServicer
 from server.services.models import ModelsServicer
 
@@ -24,6 +33,7 @@ log = logging.getLogger(__name__)
 SERVICES = (
     inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    index_pb2.DESCRIPTOR.services_by_name["Index"].full_name,
 )
 
 
@@ -37,6 +47,7 @@ class LensServer:
             config.runtime.decode_workers, thread_name_prefix="decode"
         )
         self.registry = Registry(Repository(config.repo), config, self._decode_pool)
+        self.collections = Collections(config.collections)
         self._health = HealthServicer()
         size = config.limits.max_message_bytes
         self._server = grpc.aio.server(
@@ -49,11 +60,15 @@ class LensServer:
     async def start(self) -> int:
         """Loads the models, then listens; returns the port (useful with port 0)."""
         await self.registry.start()
+        await asyncio.to_thread(self.collections.open_all)
         server = self._server
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(self.registry, self.config), server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
+        index_pb2_grpc.add_IndexServicer_to_server(
+            IndexServicer(self.collections, self.registry, self.config), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -78,6 +93,7 @@ class LensServer:
         """Stops taking calls, lets those in flight finish (up to `grace_s`), unloads."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_s)
+        await asyncio.to_thread(self.collections.close)  # snapshots every collection
         await self.registry.close()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -88,7 +104,8 @@ async def serve(config: ServerConfig) -> None:
     port = await server.start()
     models = server.registry.repo.models()
     print(
-        f"lens serving {len(models)} model(s) on {config.host}:{port} "
+        f"lens serving {len(models)} model(s) and {len(server.collections.names())} "
+        f"collection(s) on {config.host}:{port} "
         f"(default model: {server.registry.default_model or 'none'})",
         flush=True,
     )

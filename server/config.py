@@ -45,6 +45,8 @@ class Limits:
     # Decoding a larger image is refused before its pixels are decoded (decompression bombs).
     max_image_pixels: int = 64_000_000
     max_text_chars: int = 65_536
+    # Hits one search may ask for.
+    max_k: int = 1000
     # Largest gRPC message accepted (a whole batch of encoded images).
     max_message_bytes: int = 256 * 1024 * 1024
 
@@ -86,6 +88,8 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     repo: Path = Path("models")
+    # Where collections live, one folder each.
+    collections: Path = Path("collections")
     host: str = "127.0.0.1"
     port: int = 50051
     # The model requests without a model name get; None: the only model of the repository.

@@ -92,14 +92,24 @@ class LoadedVersion:
             inputs.append("warm-up")
         await self.embed(inputs)
 
-    async def embed(self, inputs: Sequence[Input], deadline: float | None = None) -> np.ndarray:
-        """Inputs → float32 (len(inputs), dim), L2-normalised, in input order."""
+    async def embed(
+        self,
+        inputs: Sequence[Input],
+        deadline: float | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """Inputs → float32 (len(inputs), dim), L2-normalised, in input order.
+
+        Errors name an input by its index, or by `positions[index]` when the inputs are a
+        part of a larger request.
+        """
+        where = list(positions) if positions is not None else list(range(len(inputs)))
         images = [i for i, x in enumerate(inputs) if isinstance(x, bytes)]
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
-        self._check_towers(images, texts)
+        self._check_towers([where[i] for i in images], [where[i] for i in texts])
         loop = asyncio.get_running_loop()
         decodes = (
-            loop.run_in_executor(self._decode_pool, self._decode, cast(bytes, inputs[i]), i)
+            loop.run_in_executor(self._decode_pool, self._decode, cast(bytes, inputs[i]), where[i])
             for i in images
         )
         text_data = [cast(str, inputs[i]) for i in texts]

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +70,21 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_openclip) -> Path:
 class ServerProcess:
     """`lens serve` in a child process; `address` once it listens."""
 
-    def __init__(self, repo: Path, *args: str) -> None:
+    def __init__(self, repo: Path, *args: str, collections: Path | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.collections = collections or Path(tempfile.mkdtemp(prefix="collections-"))
         self.process = subprocess.Popen(
-            [str(LENS), "serve", "--repo", str(repo), "--port", "0", *args],
+            [
+                str(LENS),
+                "serve",
+                "--repo",
+                str(repo),
+                "--port",
+                "0",
+                "--collections",
+                str(self.collections),
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -96,6 +108,11 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no snapshot."""
+        self.process.kill()
+        self.process.wait(20)
 
     def stop(self) -> None:
         if self.process.poll() is None:

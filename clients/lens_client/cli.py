@@ -18,6 +18,7 @@ import typer
 from lens_client import codec
 
 if TYPE_CHECKING:
+    from lens_client.client import LensClient
     from server.repository import Repository
 
 app = typer.Typer(
@@ -28,6 +29,8 @@ app = typer.Typer(
 )
 import_app = typer.Typer(no_args_is_help=True, help="Import a model into the repository.")
 app.add_typer(import_app, name="import")
+index_app = typer.Typer(no_args_is_help=True, help="Collections of images, texts and vectors.")
+app.add_typer(index_app, name="index")
 
 Server = Annotated[
     str, typer.Option("--server", envvar="LENS_SERVER", help="Server address HOST:PORT.")
@@ -48,6 +51,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 50051,
     repo: Repo = Path("models"),
+    collections: Annotated[
+        Path, typer.Option(envvar="LENS_COLLECTIONS", help="Folder of the collections.")
+    ] = Path("collections"),
     default_model: Annotated[
         str | None,
         typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
@@ -83,6 +89,7 @@ def serve(
             runtime = RuntimeConfig(intra_op_threads=threads, decode_workers=decode_workers)
         config = ServerConfig(
             repo=repo,
+            collections=collections,
             host=host,
             port=port,
             default_model=default_model,
@@ -174,6 +181,168 @@ def health(server: Server = codec.DEFAULT_SERVER) -> None:
         ok = client.healthy()
     typer.echo("SERVING" if ok else "NOT SERVING")
     raise typer.Exit(0 if ok else 1)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+def _client(server: str) -> LensClient:
+    from lens_client.client import LensClient
+
+    return LensClient(server)
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+
+
+@index_app.command("create")
+def index_create(
+    name: str,
+    model: Model = None,
+    index_type: Annotated[str, typer.Option("--type", help="auto, flat, hnsw or ivf-pq.")] = "auto",
+    metric: Annotated[str, typer.Option(help="cosine, inner_product or l2.")] = "cosine",
+    dim: Annotated[int, typer.Option(help="Vectors only: their length (no model).")] = 0,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Create a collection pinned to a model version (or of raw vectors with --dim)."""
+    with _client(server) as client:
+        try:
+            _print_json(
+                client.create_collection(
+                    name, model=model, index=index_type, metric=metric, dim=dim
+                )
+            )
+        except (codec.LensClientError, ValueError) as e:
+            fail(str(e))
+
+
+@index_app.command("add")
+def index_add(
+    name: str,
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+    batch_size: Annotated[int, typer.Option(help="Images per request.")] = 32,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Add images; ids are the file paths. Ids already present are skipped, so a re-run
+    after an interruption adds only what is missing."""
+    files = _image_files(paths)
+    if not files:
+        fail("no image files found (jpg, jpeg, png, webp, bmp, gif)", 2)
+    ids = [str(f) for f in files]
+    with _client(server) as client:
+        try:
+            present = {
+                item["id"]
+                for start in range(0, len(ids), 1000)
+                for item in client.get(name, ids[start : start + 1000])
+            }
+            todo = [i for i in ids if i not in present]
+            added = (
+                client.upsert(
+                    name, todo, images=todo, batch_size=batch_size, progress=sys.stderr.isatty()
+                )
+                if todo
+                else 0
+            )
+        except codec.LensClientError as e:
+            fail(str(e))
+    typer.echo(f"{name}: added {added}, skipped {len(present)} already present", err=True)
+
+
+@app.command()
+def search(
+    name: str,
+    image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+    text: Annotated[str | None, typer.Option(help="Query text.")] = None,
+    item: Annotated[str | None, typer.Option("--id", help="An item of the collection.")] = None,
+    k: Annotated[int, typer.Option(help="Hits to return.")] = 10,
+    filter_json: Annotated[
+        str | None, typer.Option("--filter", help='JSON, e.g. \'{"album": "2024"}\'.')
+    ] = None,
+    exact: Annotated[bool, typer.Option(help="Brute-force search (for checking recall).")] = False,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Search a collection by image, text or item id; one JSON line per hit."""
+    if sum(q is not None for q in (image, text, item)) != 1:
+        fail("give exactly one of --image, --text or --id", 2)
+    if image is not None and not image.is_file():
+        fail(f"{image}: no such file", 2)
+    try:
+        filter_ = json.loads(filter_json) if filter_json else None
+    except json.JSONDecodeError as e:
+        fail(f"--filter is not JSON: {e}", 2)
+    with _client(server) as client:
+        try:
+            hits = client.search(
+                name, image=image, text=text, id=item, k=k, filter=filter_, exact=exact
+            )
+        except codec.LensClientError as e:
+            fail(str(e))
+    for hit in hits:
+        _print_json(hit)
+
+
+@index_app.command("ls")
+def index_ls(server: Server = codec.DEFAULT_SERVER) -> None:
+    """List the collections, one JSON line each."""
+    with _client(server) as client:
+        try:
+            for info in client.collections():
+                _print_json(info)
+        except codec.LensClientError as e:
+            fail(str(e))
+
+
+@index_app.command("describe")
+def index_describe(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+    """Count, dimension, model version, index, memory, last snapshot."""
+    with _client(server) as client:
+        try:
+            _print_json(client.describe_collection(name))
+        except codec.LensClientError as e:
+            fail(str(e))
+
+
+@index_app.command("drop")
+def index_drop(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+    """Delete a collection and its files."""
+    with _client(server) as client:
+        try:
+            client.drop_collection(name)
+        except codec.LensClientError as e:
+            fail(str(e))
+    typer.echo(f"{name}: dropped", err=True)
+
+
+@index_app.command("dedup")
+def index_dedup(
+    name: str,
+    threshold: Annotated[
+        float, typer.Option(help="Similarity from which items are duplicates.")
+    ] = 0.95,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Print groups of near-duplicate items, one JSON line per group."""
+    with _client(server) as client:
+        try:
+            found = client.find_duplicates(name, threshold)
+        except codec.LensClientError as e:
+            fail(str(e))
+    for group in found["groups"]:
+        _print_json(group)
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            fail(f"{path}: no such file or folder", 2)
+    return files
 
 
 @import_app.command("openclip")

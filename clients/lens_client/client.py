@@ -14,14 +14,21 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from lens.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from lens.v1 import (
+    index_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 from tqdm import tqdm
 
 from lens_client import codec
 from lens_client.codec import Embeddings, ImageLike, LensClientError
+from lens_client.collections import CollectionCalls
 
 
-class LensClient:
+class LensClient(CollectionCalls):
     """A connection to a lens server.
 
     `timeout` is the deadline of each call in seconds; `retries` is how many times a call that
@@ -44,6 +51,7 @@ class LensClient:
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._index = index_pb2_grpc.IndexStub(self._channel)
 
     def embed_images(
         self,

@@ -22,10 +22,10 @@ from server.repository import manifest as mf
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "model") -> str:
     if not NAME.match(name):
         raise InvalidInput(
-            f"model name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+            f"{what} name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name

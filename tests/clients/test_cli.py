@@ -129,3 +129,49 @@ def test_unreachable_server(tmp_path):
     result = lens("embed", "--text", "x", "--server", "127.0.0.1:1", timeout=120)
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
     assert lens("health", "--server", "127.0.0.1:1").returncode == 1
+
+
+def test_index_commands(server, tmp_path):
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    for name in ("astronaut", "chelsea", "coffee"):
+        Image.fromarray(photo(name)).save(folder / f"{name}.jpg")
+    Image.fromarray(photo("chelsea")).save(tmp_path / "photos" / "chelsea-again.png")
+    env = {"LENS_SERVER": server.address}
+    created = lens("index", "create", "album", "--model", "tiny", "--type", "flat", env=env)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["dim"] == 32
+
+    added = lens("index", "add", "album", str(tmp_path / "photos"), env=env)
+    assert added.returncode == 0 and "added 4, skipped 0" in added.stderr
+    again = lens("index", "add", "album", str(tmp_path / "photos"), env=env)
+    assert "added 0, skipped 4" in again.stderr
+
+    query = folder / "coffee.jpg"
+    hits = [
+        json.loads(x)
+        for x in lens(
+            "search", "album", "--image", str(query), "--k", "2", env=env
+        ).stdout.splitlines()
+    ]
+    assert hits[0]["id"] == str(query) and len(hits) == 2
+    by_id = lens("search", "album", "--id", str(query), "--k", "1", env=env)
+    assert json.loads(by_id.stdout)["id"] == str(query)
+    assert lens("search", "album", "--text", "a cat", env=env).returncode == 0
+
+    described = json.loads(lens("index", "describe", "album", env=env).stdout)
+    assert described["count"] == 4 and described["model"] == "tiny"
+    assert "album" in lens("index", "ls", env=env).stdout
+    groups = [
+        json.loads(x)
+        for x in lens(
+            "index", "dedup", "album", "--threshold", "0.995", env=env
+        ).stdout.splitlines()
+    ]
+    assert sorted(groups[0]) == sorted(
+        [str(folder / "chelsea.jpg"), str(tmp_path / "photos" / "chelsea-again.png")]
+    )
+    assert lens("index", "drop", "album", env=env).returncode == 0
+    missing = lens("search", "album", "--text", "x", env=env)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert lens("search", "album", env=env).returncode == 2

@@ -130,3 +130,38 @@ def test_parse_model():
 def test_images_of_unknown_types_are_refused():
     with pytest.raises(TypeError, match="not an image"):
         list(codec.image_inputs([42]))  # type: ignore[list-item]
+
+
+def test_collections_from_python(server, files):
+    with LensClient(server.address) as lens:
+        info = lens.create_collection("py", model="tiny")
+        assert info["dim"] == 32 and info["metric"] == "cosine"
+        ids = [p.stem for p in files]
+        written = lens.upsert(
+            "py",
+            ids,
+            images=files,
+            batch_size=2,
+            progress=True,
+            metadata=[{"i": i} for i in range(len(ids))],
+        )
+        assert written == len(ids)
+        assert lens.search("py", image=files[1], k=1)[0]["id"] == ids[1]
+        assert lens.search("py", id=ids[2], k=1, filter={"i": 2})[0]["metadata"] == {"i": 2}
+        got = lens.get("py", [ids[0]], include_vectors=True)
+        assert got[0]["vector"].shape == (32,)
+        batch = lens.search_batch("py", np.stack([g["vector"] for g in got]), k=1)
+        assert batch[0][0]["id"] == ids[0]
+        assert lens.delete("py", [ids[0]]) == 1
+        assert lens.describe_collection("py")["count"] == len(ids) - 1
+        assert "py" in [c["name"] for c in lens.collections()]
+        vectors = lens.create_collection("vec", dim=3, metric="l2", index="hnsw", hnsw_m=8)
+        assert vectors["model"] == "" and vectors["built"] == "hnsw"
+        lens.upsert("vec", ["a", "b"], vectors=np.eye(3)[:2])
+        assert [h["id"] for h in lens.search("vec", vector=[1, 0, 0], k=2)] == ["a", "b"]
+        with pytest.raises(LensClientError) as info:
+            lens.upsert("vec", ["c"], vectors=np.ones((1, 4)))
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        lens.drop_collection("vec")
+        with pytest.raises(ValueError, match="exactly one"):
+            lens.search("py", k=1)
