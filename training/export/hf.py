@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from server.repository import ImageSpec, Manifest, Repository, TextSpec
-from training.export.towers import Encode, export_image, export_text
+from training.export.towers import Encode, TowerSource, export_version
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest", 1: "lanczos"}
 
@@ -99,21 +99,20 @@ def import_hf(repo: Repository, folder: Path, name: str) -> tuple[int, Path]:
     def text_tower(m: Any, x: torch.Tensor) -> torch.Tensor:
         return _features(m.get_text_features(input_ids=x))
 
-    with repo.stage(name) as staged:
-        backend.save(str(staged / text.tokenizer))
-        parity = {
-            "image": export_image(staged, spec, Encode(model, image_tower), dim, reference_images),
-            "text": export_text(staged, text, Encode(model, text_tower), dim, reference_texts),
-        }
-        manifest = Manifest(
-            name=name,
-            version=0,
-            kind="clip",
-            dim=dim,
-            image=spec,
-            text=text,
-            logit_scale=float(model.logit_scale.exp().item()),
-            parity=parity,
-            source={"type": "hf", "arch": str(folder.resolve())},
-        )
-        return repo.commit(staged, manifest)
+    manifest = Manifest(
+        name=name,
+        version=0,
+        kind="clip",
+        dim=dim,
+        image=spec,
+        text=text,
+        logit_scale=float(model.logit_scale.exp().item()),
+        source={"type": "hf", "arch": str(folder.resolve())},
+    )
+    return export_version(
+        repo,
+        manifest,
+        image=TowerSource(Encode(model, image_tower), reference_images),
+        text=TowerSource(Encode(model, text_tower), reference_texts),
+        write_files=lambda staged: backend.save(str(staged / text.tokenizer)),
+    )

@@ -11,7 +11,7 @@ import torch
 
 from server.repository import ImageSpec, Manifest, Repository, TextSpec
 from training.export import tokenizer as tokenizers
-from training.export.towers import Encode, export_image, export_text, pixels
+from training.export.towers import Encode, TowerSource, export_version, pixels
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +76,20 @@ def import_openclip(
     def reference_texts(texts: Any) -> np.ndarray:
         return model.encode_text(tokenizer(list(texts))).numpy()
 
-    with repo.stage(name) as staged:
-        tokenizers.from_openclip(tokenizer, staged / text.tokenizer)
-        parity = {
-            "image": export_image(
-                staged, spec, Encode(model, lambda m, x: m.encode_image(x)), dim, reference_images
-            ),
-            "text": export_text(
-                staged, text, Encode(model, lambda m, x: m.encode_text(x)), dim, reference_texts
-            ),
-        }
-        manifest = Manifest(
-            name=name,
-            version=0,
-            kind="clip",
-            dim=dim,
-            image=spec,
-            text=text,
-            logit_scale=float(model.logit_scale.exp().item()),
-            parity=parity,
-            source={"type": "openclip", "arch": arch, "pretrained": pretrained},
-        )
-        return repo.commit(staged, manifest)
+    manifest = Manifest(
+        name=name,
+        version=0,
+        kind="clip",
+        dim=dim,
+        image=spec,
+        text=text,
+        logit_scale=float(model.logit_scale.exp().item()),
+        source={"type": "openclip", "arch": arch, "pretrained": pretrained},
+    )
+    return export_version(
+        repo,
+        manifest,
+        image=TowerSource(Encode(model, lambda m, x: m.encode_image(x)), reference_images),
+        text=TowerSource(Encode(model, lambda m, x: m.encode_text(x)), reference_texts),
+        write_files=lambda staged: tokenizers.from_openclip(tokenizer, staged / text.tokenizer),
+    )

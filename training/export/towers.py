@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from server.config import RuntimeConfig
 from server.preprocess import ImagePreprocessor, TextTokenizer
+from server.repository import Manifest, Repository
 from server.repository.manifest import ImageSpec, TextSpec
 from server.runtime import OnnxTower
 from training.export import onnx, parity
@@ -73,3 +75,42 @@ def export_text(
 def pixels(preprocess: Callable[[Any], torch.Tensor], images: Sequence[bytes]) -> torch.Tensor:
     """Encoded images through a source framework's own preprocessing, stacked."""
     return torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in images])
+
+
+@dataclass(frozen=True)
+class TowerSource:
+    """One tower to export: the module (a batch in, (N, dim) out) and the source framework's
+    own pipeline on raw inputs (encoded images or texts), the reference for parity."""
+
+    module: torch.nn.Module
+    reference: Callable[[Sequence[Any]], np.ndarray]
+
+
+def export_version(
+    repo: Repository,
+    manifest: Manifest,
+    image: TowerSource | None = None,
+    text: TowerSource | None = None,
+    write_files: Callable[[Path], None] | None = None,
+) -> tuple[int, Path]:
+    """Exports the towers `manifest` declares into a staged version, checks each against its
+    source, records the parity figures, and commits the next version of `manifest.name`.
+
+    `write_files(staged)` adds what the towers need first (the tokenizer). A ParityError (or
+    any other) leaves nothing in the repository.
+    """
+    with repo.stage(manifest.name) as staged:
+        if write_files:
+            write_files(staged)
+        parity = {}
+        if manifest.image:
+            assert image is not None, "the manifest declares an image tower"
+            parity["image"] = export_image(
+                staged, manifest.image, image.module, manifest.dim, image.reference
+            )
+        if manifest.text:
+            assert text is not None, "the manifest declares a text tower"
+            parity["text"] = export_text(
+                staged, manifest.text, text.module, manifest.dim, text.reference
+            )
+        return repo.commit(staged, replace(manifest, parity=parity))
