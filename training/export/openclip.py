@@ -54,6 +54,7 @@ def import_openclip(
     if arch.endswith(".json"):  # an architecture given as a config file, named by its stem
         open_clip.add_model_config(arch)
         arch = Path(arch).stem
+    config = open_clip.get_model_config(arch)
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
@@ -91,5 +92,18 @@ def import_openclip(
         manifest,
         image=TowerSource(Encode(model, lambda m, x: m.encode_image(x)), reference_images),
         text=TowerSource(Encode(model, lambda m, x: m.encode_text(x)), reference_texts),
-        write_files=lambda staged: tokenizers.from_openclip(tokenizer, staged / text.tokenizer),
+        write_files=lambda staged: _write(staged, tokenizer, text, arch, config, model),
+    )
+
+
+def _write(
+    staged: Path, tokenizer: Any, text: TextSpec, arch: str, config: Any, model: torch.nn.Module
+) -> None:
+    """The tokenizer, and the weights in the training module's checkpoint layout, so that
+    `lens train clip --init NAME` can fine-tune this version."""
+    tokenizers.from_openclip(tokenizer, staged / text.tokenizer)
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(
+        {"format": 1, "method": "clip", "arch_name": arch, "arch": config, "model": weights},
+        staged / "checkpoint.pt",
     )

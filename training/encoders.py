@@ -1,0 +1,55 @@
+"""Architectures as data: open_clip's towers built from JSON configs.
+
+An architecture is a config in open_clip's format (`embed_dim`, `vision_cfg`, optional
+`text_cfg`): a `.json` file, a name in `training/configs/`, or any model open_clip knows.
+ViT and ResNet image towers and the text transformer are open_clip's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def load_arch(arch: str) -> tuple[str, dict[str, Any]]:
+    """(name, config) of an architecture; ValueError listing what exists if unknown."""
+    import open_clip
+
+    path = Path(arch)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ValueError(f"architecture file {arch} does not exist")
+        return path.stem, json.loads(path.read_text())
+    if (CONFIGS / f"{arch}.json").is_file():
+        return arch, json.loads((CONFIGS / f"{arch}.json").read_text())
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        local = sorted(p.stem for p in CONFIGS.glob("*.json"))
+        raise ValueError(
+            f"unknown architecture {arch!r}. Available: {', '.join(local)}, a .json config, or "
+            "any of open_clip.list_models()"
+        )
+    return arch, config
+
+
+def image_size(config: dict[str, Any]) -> int:
+    size = config["vision_cfg"].get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def vision_tower(config: dict[str, Any], **overrides: Any) -> Any:
+    """open_clip's image tower (ViT, or ModifiedResNet when `layers` is a list)."""
+    from open_clip.model import _build_vision_tower
+
+    return _build_vision_tower(config["embed_dim"], {**config["vision_cfg"], **overrides})
+
+
+def clip_model(config: dict[str, Any]) -> Any:
+    """open_clip's CLIP (image and text towers, learnable logit scale)."""
+    from open_clip.model import CLIP
+
+    keys = ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale")
+    return CLIP(**{k: v for k, v in config.items() if k in keys})
