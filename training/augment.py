@@ -24,6 +24,16 @@ class AugmentConfig:
     grayscale: float = 0.2
     blur: float = 0.5
 
+    @classmethod
+    def preset(cls, name: str, size: int) -> AugmentConfig:
+        """`paper`: SimCLR's settings for natural images. `digits`: for handwritten digits,
+        where flips change the class and colour means nothing (crops of 40-100%, blur)."""
+        if name == "paper":
+            return cls(size)
+        if name == "digits":
+            return cls(size, min_scale=0.4, flip=0.0, jitter=0.0, grayscale=0.0, blur=0.5)
+        raise ValueError(f"unknown augmentation preset {name!r}: use paper or digits")
+
     def __post_init__(self) -> None:
         for name in ("flip", "jitter", "grayscale", "blur"):
             if not 0 <= getattr(self, name) <= 1:

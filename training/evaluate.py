@@ -131,7 +131,7 @@ def view_retrieval_top1(method: Method, data: ImageSet, candidates: int = 256) -
     images' views (SimCLR's pretext task, measured on encoder features)."""
     from training.augment import AugmentConfig, SimCLRAugment
 
-    augment = SimCLRAugment(AugmentConfig(method.size))
+    augment = getattr(method, "augment", None) or SimCLRAugment(AugmentConfig(method.size))
     pixels = data.pixels[:candidates]
     state = torch.get_rng_state()
     torch.manual_seed(1234)  # the same views for every model compared

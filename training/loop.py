@@ -27,6 +27,7 @@ from server.errors import LensError
 from server.repository import ImageSpec, Repository
 from training import data as datasets
 from training import distributed
+from training.augment import AugmentConfig
 from training.encoders import image_size, load_arch
 from training.evaluate import DIGIT_TEMPLATES, evaluate
 from training.methods import OPENAI_MEAN, OPENAI_STD, Method, build
@@ -57,6 +58,7 @@ class TrainConfig:
     optimizer: str = ""  # "": the method's default (adamw, or lars for SimCLR)
     temperature: float = 0.5
     mask_ratio: float = 0.75
+    augment: str = ""  # SimCLR: paper or digits; "": digits for the built-in sets, else paper
     holdout: float = 1000
     seed: int = 0
     device: str = "auto"
@@ -135,13 +137,17 @@ class Trainer:
             except ValueError as e:
                 raise TrainError(str(e)) from None
         try:
-            options = (
-                {"temperature": config.temperature}
-                if config.method == "simclr"
-                else {"mask_ratio": config.mask_ratio}
-                if config.method == "mae"
-                else {}
-            )
+            options: dict[str, Any] = {}
+            if config.method == "simclr":
+                preset = config.augment or (
+                    "digits" if config.data in datasets.BUILTIN else "paper"
+                )
+                options = {
+                    "temperature": config.temperature,
+                    "augment": AugmentConfig.preset(preset, image_size(self.arch)),
+                }
+            elif config.method == "mae":
+                options = {"mask_ratio": config.mask_ratio}
             self.method: Method = build(config.method, self.arch, **options).to(self.device)
         except (ValueError, TypeError) as e:
             raise TrainError(f"architecture {self.arch_name} for {config.method}: {e}") from None
@@ -259,8 +265,10 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self, until: int | None = None) -> dict[str, Any]:
+        """Trains to the end (or stops after step `until`, checkpointed, to resume later)."""
         config = self.config
+        stop = min(self.total, until or self.total)
         if self.step == 0 and config.baseline and self.test_set is not None:
             self.baseline = evaluate(self.method, self.train_set, self.test_set, config.templates)
             self._log({"step": 0, "eval": self.baseline, "baseline": True})
@@ -273,7 +281,8 @@ class Trainer:
         )
         started, seen = time.perf_counter(), 0
         self.method.train()
-        while self.step < self.total:
+        loss = float("nan")
+        while self.step < stop:
             loss = self._train_step()
             self.step += 1
             seen += config.batch_size

@@ -1,0 +1,43 @@
+"""Run by test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU).
+
+Each rank embeds its half of a fixed global batch with a DDP-wrapped linear encoder, gathers
+the embeddings with gradient, computes NT-Xent and CLIP losses over the global batch, and
+backpropagates. Rank 0 writes the loss and the synced gradients to the file named in argv.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from training import distributed
+from training.losses import clip_loss, nt_xent
+
+
+def main(out: str) -> None:
+    rank, world = distributed.setup(torch.device("cpu"))
+    torch.manual_seed(0)
+    encoder = nn.Linear(6, 4)
+    inputs = torch.randn(2, 8, 6)  # two views (or image / text) of a global batch of 8
+    model = nn.parallel.DistributedDataParallel(encoder)
+    local = distributed.shard(torch.arange(8))
+    z_a = distributed.gather_with_grad(model(inputs[0, local]))
+    z_b = distributed.gather_with_grad(model(inputs[1, local]))
+    loss = nt_xent(z_a, z_b, 0.5) + clip_loss(z_a, z_b, torch.tensor(2.0))
+    loss.backward()
+    if rank == 0:
+        torch.save(
+            {
+                "world": world,
+                "loss": loss.detach(),
+                "grads": [p.grad.clone() for p in encoder.parameters()],
+            },
+            out,
+        )
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

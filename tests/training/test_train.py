@@ -1,0 +1,187 @@
+"""Training runs end to end on CPU: exact resume, export served by the real server, --init,
+and the `lens train` / `lens export` commands with their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+from server.repository import Repository
+from tests.conftest import LENS, ServerProcess, encode, photo
+from training.export.trained import export_run, load_run
+from training.loop import TrainConfig, Trainer, TrainError
+
+ARCH = {"clip": "lens-tiny-clip", "simclr": "lens-tiny-vit", "mae": "lens-tiny-vit"}
+
+
+def config(method: str, out, **overrides) -> TrainConfig:
+    values = dict(
+        method=method,
+        data="digits",
+        arch=ARCH[method],
+        out=str(out),
+        steps=4,
+        batch_size=32,
+        holdout=300,
+        device="cpu",
+        baseline=False,
+        lr=1e-3,
+        optimizer="adamw",
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("method", ["clip", "simclr", "mae"])
+def test_resume_continues_exactly(tmp_path, method):
+    straight = Trainer(config(method, tmp_path / "straight"))
+    straight.run()
+    halves = Trainer(config(method, tmp_path / "halves"))
+    halves.run(until=2)
+    resumed = Trainer(config(method, tmp_path / "halves"), resume=True)
+    assert resumed.step == 2
+    resumed.run()
+    want, got = straight.method.state_dict(), resumed.method.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    lines = [
+        json.loads(x) for x in (tmp_path / "halves" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("method", ["clip", "simclr", "mae"])
+def test_export_serves_and_matches_pytorch(tmp_path, tiny_repo, method):
+    Trainer(config(method, tmp_path / "run")).run()
+    repo = Repository(tmp_path / "repo")
+    version, path = export_run(repo, tmp_path / "run", f"trained-{method}")
+    manifest = repo.manifest(f"trained-{method}", version)
+    assert manifest.kind == method and manifest.parity["image"]["min_cosine"] >= 0.99999
+    assert (path / "checkpoint.pt").is_file() and "projection" not in str(manifest.extra)
+    assert (
+        manifest.extra["training"]["method"] == method and "knn_top1" in manifest.extra["metrics"]
+    )
+    assert (manifest.text is not None) == (method == "clip")
+
+    _, trained = load_run(tmp_path / "run")
+    image = encode(photo("coffee"), "PNG")
+    proc = ServerProcess(tmp_path / "repo")
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            inputs = [inference_pb2.Input(image=image)]
+            if method == "clip":
+                inputs.append(inference_pb2.Input(text="a photo of the number seven."))
+            response = inference_pb2_grpc.InferenceStub(channel).Embed(
+                inference_pb2.EmbedRequest(
+                    inputs=inputs, model=common_pb2.ModelRef(name=f"trained-{method}")
+                ),
+                timeout=30,
+            )
+    finally:
+        proc.stop()
+    got = np.frombuffer(response.embeddings.data, "<f4").reshape(len(inputs), -1)
+
+    from server.preprocess import ImagePreprocessor
+
+    pixels = torch.from_numpy(ImagePreprocessor(manifest.image)(image)[None])
+    with torch.no_grad():
+        want = [trained.image_encoder()(pixels)[0]]
+        if method == "clip":
+            import open_clip
+
+            tokens = open_clip.SimpleTokenizer()(["a photo of the number seven."])
+            want.append(trained.encode_text(tokens)[0])
+    want_np = torch.nn.functional.normalize(torch.stack(want), dim=-1).numpy()
+    assert np.sum(got * want_np, axis=1).min() >= 0.9999
+
+
+def test_init_from_an_imported_open_clip_version(tmp_path, tiny_repo):
+    trainer = Trainer(config("clip", tmp_path / "ft", arch="", init="tiny", repo=str(tiny_repo)))
+    saved = torch.load(tiny_repo / "tiny" / "1" / "checkpoint.pt", weights_only=False)
+    state = trainer.method.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved["model"].items())
+    with pytest.raises(TrainError, match="checkpoint is a clip model, not simclr"):
+        Trainer(
+            config(
+                "simclr", tmp_path / "bad", arch="lens-tiny-clip", init="tiny", repo=str(tiny_repo)
+            )
+        )
+
+
+def lens(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LENS), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_lens_train_and_export_commands(tmp_path):
+    repo = tmp_path / "repo"
+    result = lens(
+        "train",
+        "simclr",
+        "--data",
+        "digits",
+        "--arch",
+        "lens-tiny-vit",
+        "--steps",
+        "3",
+        "--batch-size",
+        "32",
+        "--holdout",
+        "300",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        "--export",
+        "digits-simclr",
+        "--repo",
+        str(repo),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.splitlines()[0])
+    assert summary["steps"] == 3 and "knn_top1" in summary["eval"]
+    assert "knn_top1" in summary["random_init"]
+    assert "digits-simclr: version 1 written" in result.stdout
+    again = lens("export", str(tmp_path / "run"), "--name", "digits-simclr", "--repo", str(repo))
+    assert again.returncode == 0 and "version 2 written" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["train", "dino", "--data", "digits"], 2, "unknown method 'dino'"),
+        (["train", "mae", "--data", "/no/such/folder"], 1, "/no/such/folder"),
+        (["train", "mae", "--data", "digits", "--arch", "No-Such-Arch"], 1, "unknown architecture"),
+        (["train", "mae", "--data", "digits", "--arch", "lens-tiny-resnet"], 1, "needs a ViT"),
+        (["train", "clip", "--data", "digits", "--device", "cuda"], 1, "no CUDA device"),
+        (["export", "/no/such/run", "--name", "x"], 1, "no checkpoint.pt"),
+    ],
+)
+def test_train_errors_are_one_line(tmp_path, args, code, message):
+    result = (
+        lens(*args, "--repo", str(tmp_path))
+        if args[0] == "export"
+        else lens(*args, "--out", str(tmp_path / "run"))
+    )
+    assert result.returncode == code, result.stderr[-2000:]
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not any((tmp_path / "x").glob("*")) if (tmp_path / "x").exists() else True
+
+
+def test_empty_and_unreadable_image_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = lens(
+        "train", "simclr", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")
+    )
+    assert result.returncode == 1 and "no images" in result.stderr
+    bad = tmp_path / "bad" / "cats"
+    bad.mkdir(parents=True)
+    (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    result = lens("train", "simclr", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "r"))
+    assert result.returncode == 1 and "no readable images (1 unreadable)" in result.stderr
