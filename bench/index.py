@@ -12,22 +12,17 @@ Everything runs in one process on one machine, in one run; JSON lands in bench/r
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
 import numpy as np
+from report import machine, save
 
 from server.collections import Collection, CollectionSpec, IndexConfig, NewItem
 from server.collections.faiss_index import VectorIndex
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def dataset(n: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,21 +148,12 @@ def main() -> None:
         print(f"durable upserts through a collection: {writes['upserts_per_s']:,.0f} items/s")
     report = {
         "benchmark": "index",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "faiss": faiss.__version__,
-            "threads": faiss.omp_get_max_threads(),
-        },
+        "machine": machine(faiss=faiss.__version__, threads=str(faiss.omp_get_max_threads())),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "index_types": results,
         "durable_writes": writes,
     }
-    out = args.out or RESULTS / f"index-{args.n}x{args.dim}-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    save(report, f"index-{args.n}x{args.dim}", args.out)
 
 
 if __name__ == "__main__":

@@ -15,28 +15,25 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from lens_client import LensClient
 from PIL import Image
+from report import machine, save
 
 from server.config import RuntimeConfig
 from server.preprocess import ImagePreprocessor, TextTokenizer
 from server.repository import Repository
 from server.runtime import OnnxTower
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
 
 
@@ -200,14 +197,9 @@ def main() -> None:
     best_served = {k: max(r[k] for r in served) for k in served[0]}
     report = {
         "benchmark": "serve",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "onnxruntime": ort.__version__,
-            "providers": ort.get_available_providers(),
-        },
+        "machine": machine(
+            onnxruntime=ort.__version__, providers=",".join(ort.get_available_providers())
+        ),
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k not in ("repo", "out")},
         "in_process": best,
@@ -222,10 +214,7 @@ def main() -> None:
     if "model_only_images_per_s" in best:
         print(f"{'model only, images/s':28}{best['model_only_images_per_s']:12.1f}")
     print(f"single image latency: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")
-    out = args.out or RESULTS / f"serve-{args.model}-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    save(report, f"serve-{args.model}", args.out)
 
 
 if __name__ == "__main__":

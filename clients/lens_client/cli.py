@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -109,13 +111,8 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the server's models and their versions."""
-    from lens_client.client import LensClient
-
-    with LensClient(server) as client:
-        try:
-            found = [client.get_model(name)] if name else client.models()
-        except codec.LensClientError as e:
-            fail(str(e))
+    with _client(server) as client:
+        found = [client.get_model(name)] if name else client.models()
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -145,22 +142,15 @@ def embed(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = False,
 ) -> None:
     """Embed images and texts; print one JSON line per input (images first, then texts)."""
-    from lens_client.client import LensClient
-
     images, texts = image or [], text or []
     if not images and not texts:
         fail("give at least one --text or --image", 2)
     for path in images:
         if not path.is_file():
             fail(f"{path}: no such file", 2)
-    with LensClient(server, model=model) as client:
-        try:
-            inputs = [*codec.image_inputs(images), *codec.text_inputs(texts)]
-            result = client.embed(
-                inputs, batch_size=batch_size, progress=progress, total=len(inputs)
-            )
-        except (codec.LensClientError, ValueError) as e:
-            fail(str(e))
+    with _client(server, model=model) as client:
+        inputs = [*codec.image_inputs(images), *codec.text_inputs(texts)]
+        result = client.embed(inputs, batch_size=batch_size, progress=progress, total=len(inputs))
     labels = [str(p) for p in images] + texts
     for label, vector in zip(labels, result.vectors, strict=True):
         line = {
@@ -175,9 +165,7 @@ def embed(
 @app.command()
 def health(server: Server = codec.DEFAULT_SERVER) -> None:
     """Exit 0 if the server answers SERVING to the gRPC health check, else 1."""
-    from lens_client.client import LensClient
-
-    with LensClient(server, retries=0, timeout=5) as client:
+    with _client(server, retries=0, timeout=5) as client:
         ok = client.healthy()
     typer.echo("SERVING" if ok else "NOT SERVING")
     raise typer.Exit(0 if ok else 1)
@@ -186,10 +174,16 @@ def health(server: Server = codec.DEFAULT_SERVER) -> None:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
-def _client(server: str) -> LensClient:
+@contextmanager
+def _client(server: str, **options: Any) -> Iterator[LensClient]:
+    """A client whose refusals (and bad arguments) end the command with one line."""
     from lens_client.client import LensClient
 
-    return LensClient(server)
+    try:
+        with LensClient(server, **options) as client:
+            yield client
+    except (codec.LensClientError, ValueError) as e:
+        fail(str(e))
 
 
 def _print_json(value: object) -> None:
@@ -207,14 +201,9 @@ def index_create(
 ) -> None:
     """Create a collection pinned to a model version (or of raw vectors with --dim)."""
     with _client(server) as client:
-        try:
-            _print_json(
-                client.create_collection(
-                    name, model=model, index=index_type, metric=metric, dim=dim
-                )
-            )
-        except (codec.LensClientError, ValueError) as e:
-            fail(str(e))
+        _print_json(
+            client.create_collection(name, model=model, index=index_type, metric=metric, dim=dim)
+        )
 
 
 @index_app.command("add")
@@ -231,22 +220,19 @@ def index_add(
         fail("no image files found (jpg, jpeg, png, webp, bmp, gif)", 2)
     ids = [str(f) for f in files]
     with _client(server) as client:
-        try:
-            present = {
-                item["id"]
-                for start in range(0, len(ids), 1000)
-                for item in client.get(name, ids[start : start + 1000])
-            }
-            todo = [i for i in ids if i not in present]
-            added = (
-                client.upsert(
-                    name, todo, images=todo, batch_size=batch_size, progress=sys.stderr.isatty()
-                )
-                if todo
-                else 0
+        present = {
+            item["id"]
+            for start in range(0, len(ids), 1000)
+            for item in client.get(name, ids[start : start + 1000])
+        }
+        todo = [i for i in ids if i not in present]
+        added = (
+            client.upsert(
+                name, todo, images=todo, batch_size=batch_size, progress=sys.stderr.isatty()
             )
-        except codec.LensClientError as e:
-            fail(str(e))
+            if todo
+            else 0
+        )
     typer.echo(f"{name}: added {added}, skipped {len(present)} already present", err=True)
 
 
@@ -273,12 +259,9 @@ def search(
     except json.JSONDecodeError as e:
         fail(f"--filter is not JSON: {e}", 2)
     with _client(server) as client:
-        try:
-            hits = client.search(
-                name, image=image, text=text, id=item, k=k, filter=filter_, exact=exact
-            )
-        except codec.LensClientError as e:
-            fail(str(e))
+        hits = client.search(
+            name, image=image, text=text, id=item, k=k, filter=filter_, exact=exact
+        )
     for hit in hits:
         _print_json(hit)
 
@@ -287,31 +270,22 @@ def search(
 def index_ls(server: Server = codec.DEFAULT_SERVER) -> None:
     """List the collections, one JSON line each."""
     with _client(server) as client:
-        try:
-            for info in client.collections():
-                _print_json(info)
-        except codec.LensClientError as e:
-            fail(str(e))
+        for info in client.collections():
+            _print_json(info)
 
 
 @index_app.command("describe")
 def index_describe(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
     """Count, dimension, model version, index, memory, last snapshot."""
     with _client(server) as client:
-        try:
-            _print_json(client.describe_collection(name))
-        except codec.LensClientError as e:
-            fail(str(e))
+        _print_json(client.describe_collection(name))
 
 
 @index_app.command("drop")
 def index_drop(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
     """Delete a collection and its files."""
     with _client(server) as client:
-        try:
-            client.drop_collection(name)
-        except codec.LensClientError as e:
-            fail(str(e))
+        client.drop_collection(name)
     typer.echo(f"{name}: dropped", err=True)
 
 
@@ -325,10 +299,7 @@ def index_dedup(
 ) -> None:
     """Print groups of near-duplicate items, one JSON line per group."""
     with _client(server) as client:
-        try:
-            found = client.find_duplicates(name, threshold)
-        except codec.LensClientError as e:
-            fail(str(e))
+        found = client.find_duplicates(name, threshold)
     for group in found["groups"]:
         _print_json(group)
 
@@ -545,3 +516,7 @@ def _describe(repository: Repository, name: str, version: int) -> str:
     )
     parity = ", ".join(f"{t} parity {p['min_cosine']:.6f}" for t, p in manifest.parity.items())
     return f"{source.get('type')}:{source.get('arch')}, {weights}, dim {manifest.dim}, {parity}"
+
+
+if __name__ == "__main__":
+    app()
