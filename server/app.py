@@ -103,6 +103,8 @@ async def serve(config: ServerConfig) -> None:
     server = LensServer(config)
     port = await server.start()
     models = server.registry.repo.models()
+    if server.registry.default_model:
+        print(f"default model: {describe_default(server.registry)}", flush=True)
     print(
         f"lens serving {len(models)} model(s) and {len(server.collections.names())} "
         f"collection(s) on {config.host}:{port} "
@@ -118,3 +120,21 @@ async def serve(config: ServerConfig) -> None:
     log.info("shutting down")
     await server.stop()
     waiter.cancel()
+
+
+def describe_default(registry: Registry) -> str:
+    """What the default model is, so a user knows whether its weights mean anything."""
+    name = registry.default_model or ""
+    version = registry.serving_version(name)
+    if not version:
+        return f"{name} (not serving)"
+    manifest = registry.repo.manifest(name, version)
+    source = manifest.source
+    if source.get("type") == "openclip":
+        weights = source.get("pretrained") or "RANDOM weights (no --pretrained)"
+        return f"{name}:{version}, open_clip {source.get('arch')}, {weights}"
+    if source.get("type") == "train":
+        data = manifest.extra.get("dataset", {}).get("source")
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in manifest.extra.get("metrics", {}).items())
+        return f"{name}:{version}, {manifest.kind} trained on {data} ({metrics})"
+    return f"{name}:{version}, {source.get('type')} {source.get('arch')}"

@@ -360,6 +360,9 @@ def train(
     ] = False,
     init: Annotated[str, typer.Option(help="Start from a repository version NAME[:VERSION].")] = "",
     export: Annotated[str, typer.Option(help="Export the result as a new version of NAME.")] = "",
+    if_missing: Annotated[
+        bool, typer.Option(help="With --export: do nothing if NAME already has a version.")
+    ] = False,
     repo: Repo = Path("models"),
 ) -> None:
     """Train a CLIP, SimCLR or MAE encoder; evaluate it against its random init."""
@@ -367,6 +370,17 @@ def train(
 
     if method not in DEFAULT_ARCH:
         fail(f"unknown method {method!r}: use clip, simclr or mae", 2)
+    if if_missing and export:
+        from server.repository import Repository
+
+        repository = Repository(repo)
+        if export in repository.models():
+            version = repository.latest(export)
+            typer.echo(
+                f"{export}: version {version} is already in {repo} "
+                f"({_describe(repository, export, version)})"
+            )
+            return
     if out is None:
         if resume:
             fail("--resume needs --out RUN_DIR", 2)
