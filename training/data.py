@@ -168,7 +168,7 @@ def _captions(path: Path, to_pixels) -> ImageSet:
         raise DataError(f"{path}: no such file")
     rows = _rows(path)
     items = []
-    for line, (image, caption) in enumerate(rows, start=1):
+    for line, image, caption in rows:
         file = (path.parent / image) if not Path(image).is_absolute() else Path(image)
         if not file.is_file():
             raise DataError(f"{path}:{line}: image {image} does not exist")
@@ -176,21 +176,22 @@ def _captions(path: Path, to_pixels) -> ImageSet:
     return _collect(items, to_pixels, str(path))
 
 
-def _rows(path: Path) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+def _rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, image path, caption) of every row."""
+    rows: list[tuple[int, str, str]] = []
     if path.suffix == ".jsonl":
         for line, text in enumerate(path.read_text().splitlines(), start=1):
             if text.strip():
                 record = json.loads(text)
                 if "path" not in record or "caption" not in record:
                     raise DataError(f'{path}:{line}: needs "path" and "caption"')
-                rows.append((record["path"], record["caption"]))
+                rows.append((line, record["path"], record["caption"]))
     else:
         with path.open(newline="") as f:
             for line, record in enumerate(csv.DictReader(f), start=2):
                 if not record.get("path") or record.get("caption") is None:
                     raise DataError(f"{path}:{line}: needs path and caption columns")
-                rows.append((record["path"], record["caption"]))
+                rows.append((line, record["path"], record["caption"]))
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows

@@ -181,6 +181,7 @@ class Trainer:
         )
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self._board = _tensorboard(self.out) if distributed.is_main() else None
         self.baseline: dict[str, float] = {}
         if resume:
             self._load_checkpoint()
@@ -422,3 +423,17 @@ class Trainer:
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.history.append(record)
+        if self._board is not None:
+            flat = {k: v for k, v in record.items() if isinstance(v, float)}
+            flat.update({f"eval/{k}": v for k, v in record.get("eval", {}).items()})
+            for key, value in flat.items():
+                self._board.add_scalar(key, value, record["step"])
+
+
+def _tensorboard(out: Path) -> Any:
+    """A TensorBoard writer into `out/tensorboard` when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))

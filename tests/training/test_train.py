@@ -4,6 +4,7 @@ and the `lens train` / `lens export` commands with their errors."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import grpc
@@ -185,3 +186,13 @@ def test_empty_and_unreadable_image_folders(tmp_path):
     (bad / "broken.jpg").write_bytes(b"not a jpeg")
     result = lens("train", "simclr", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "r"))
     assert result.returncode == 1 and "no readable images (1 unreadable)" in result.stderr
+
+
+def test_each_method_defaults_to_its_papers_optimizer(tmp_path):
+    assert config("simclr", tmp_path, optimizer="", lr=0).defaults().optimizer == "lars"
+    assert config("clip", tmp_path, optimizer="", lr=0).defaults().lr == 5e-4
+    assert config("mae", tmp_path, optimizer="", weight_decay=-1).defaults().weight_decay == 0.05
+    trainer = Trainer(config("simclr", tmp_path / "lars", optimizer="", lr=0, steps=2))
+    assert type(trainer.optimizer).__name__ == "Lars"
+    result = trainer.run()
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"])
