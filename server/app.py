@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from lens.v1 import (
+    classifiers_pb2,
+    classifiers_pb2_grpc,
     index_pb2,
     index_pb2_grpc,
     inference_pb2,
@@ -20,10 +22,12 @@ from lens.v1 import (
     models_pb2_grpc,
 )
 
+from server.classifiers import ClassifierStore
 from server.collections import Collections
 from server.config import ServerConfig
 from server.registry import Registry
 from server.repository import Repository
+from server.services.classify import Classification, ClassifiersServicer
 from server.services.index import IndexServicer
 from server.services.inference import InferenceServicer
 from server.services.models import ModelsServicer
@@ -34,6 +38,7 @@ SERVICES = (
     inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
     index_pb2.DESCRIPTOR.services_by_name["Index"].full_name,
+    classifiers_pb2.DESCRIPTOR.services_by_name["Classifiers"].full_name,
 )
 
 
@@ -62,8 +67,14 @@ class LensServer:
         await self.registry.start()
         await asyncio.to_thread(self.collections.open_all)
         server = self._server
+        classification = Classification(
+            self.registry, ClassifierStore(self.config.repo), self.config
+        )
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(self.registry, self.config), server
+            InferenceServicer(self.registry, self.config, classification), server
+        )
+        classifiers_pb2_grpc.add_ClassifiersServicer_to_server(
+            ClassifiersServicer(classification), server
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
         index_pb2_grpc.add_IndexServicer_to_server(

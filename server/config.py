@@ -45,6 +45,8 @@ class Limits:
     # Decoding a larger image is refused before its pixels are decoded (decompression bombs).
     max_image_pixels: int = 64_000_000
     max_text_chars: int = 65_536
+    # Labels of one classifier.
+    max_labels: int = 5000
     # Hits one search may ask for.
     max_k: int = 1000
     # Largest gRPC message accepted (a whole batch of encoded images).

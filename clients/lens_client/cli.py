@@ -73,6 +73,7 @@ def serve(
         int | None, typer.Option(help="Image decoding threads (default: one per core).")
     ] = None,
     max_inputs: Annotated[int, typer.Option(help="Inputs per request.")] = 1024,
+    max_labels: Annotated[int, typer.Option(help="Labels per classifier.")] = 5000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the models of a repository over gRPC."""
@@ -96,7 +97,7 @@ def serve(
             port=port,
             default_model=default_model,
             batch=BatchConfig(max_batch_size, max_queue_delay_ms, max_queue_size, instances),
-            limits=Limits(max_inputs_per_request=max_inputs),
+            limits=Limits(max_inputs_per_request=max_inputs, max_labels=max_labels),
             runtime=runtime,
         )
         asyncio.run(run(config))

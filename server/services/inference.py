@@ -13,6 +13,7 @@ from server.config import ServerConfig
 from server.errors import InvalidInput
 from server.model import Input
 from server.registry import Registry
+from server.services.classify import Classification
 from server.services.status import deadline_of, streaming, unary
 
 
@@ -23,9 +24,18 @@ def to_matrix(x: np.ndarray) -> common_pb2.Matrix:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, registry: Registry, config: ServerConfig) -> None:
+    def __init__(
+        self, registry: Registry, config: ServerConfig, classification: Classification
+    ) -> None:
         self.registry = registry
         self.config = config
+        self.classification = classification
+
+    @unary
+    async def Classify(
+        self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ClassifyResponse:
+        return await self.classification.classify(request, context)
 
     @unary
     async def Embed(

@@ -102,6 +102,40 @@ def test_export_serves_and_matches_pytorch(tmp_path, tiny_repo, method):
     assert np.sum(got * want_np, axis=1).min() >= 0.9999
 
 
+def check_image_only_classification(channel, model: str, image: bytes) -> None:
+    """Image-only encoders classify few-shot; zero-shot labels are refused with the reason."""
+    from lens.v1 import classifiers_pb2, classifiers_pb2_grpc
+
+    ref = common_pb2.ModelRef(name=model)
+    with pytest.raises(grpc.RpcError) as err:
+        inference_pb2_grpc.InferenceStub(channel).Classify(
+            inference_pb2.ClassifyRequest(
+                images=[image], model=ref, labels=classifiers_pb2.Labels(labels=["a", "b"])
+            ),
+            timeout=30,
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no text tower" in err.value.details()
+    other = encode(photo("astronaut"), "PNG")
+    classifiers_pb2_grpc.ClassifiersStub(channel).CreateClassifier(
+        classifiers_pb2.CreateClassifierRequest(
+            name=f"{model}-few",
+            model=ref,
+            few_shot=classifiers_pb2.FewShot(
+                classes=[
+                    classifiers_pb2.Examples(label="coffee", images=[image]),
+                    classifiers_pb2.Examples(label="astronaut", images=[other]),
+                ]
+            ),
+        ),
+        timeout=30,
+    )
+    response = inference_pb2_grpc.InferenceStub(channel).Classify(
+        inference_pb2.ClassifyRequest(images=[other, image], saved=f"{model}-few"), timeout=30
+    )
+    assert [r.labels[0].label for r in response.results] == ["astronaut", "coffee"]
+
+
 def test_init_from_an_imported_open_clip_version(tmp_path, tiny_repo):
     trainer = Trainer(config("clip", tmp_path / "ft", arch="", init="tiny", repo=str(tiny_repo)))
     saved = torch.load(tiny_repo / "tiny" / "1" / "checkpoint.pt", weights_only=False)
