@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lens.v1 import (
+    classifiers_pb2_grpc,
     index_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
@@ -24,11 +25,12 @@ from lens.v1 import (
 from tqdm import tqdm
 
 from lens_client import codec
+from lens_client.classify import ClassifyCalls
 from lens_client.codec import Embeddings, ImageLike, LensClientError
 from lens_client.collections import CollectionCalls
 
 
-class LensClient(CollectionCalls):
+class LensClient(CollectionCalls, ClassifyCalls):
     """A connection to a lens server.
 
     `timeout` is the deadline of each call in seconds; `retries` is how many times a call that
@@ -52,6 +54,7 @@ class LensClient(CollectionCalls):
         self._models = models_pb2_grpc.ModelsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._index = index_pb2_grpc.IndexStub(self._channel)
+        self._classifiers = classifiers_pb2_grpc.ClassifiersStub(self._channel)
 
     def embed_images(
         self,

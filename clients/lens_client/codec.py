@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -33,6 +34,22 @@ class LensClientError(Exception):
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> LensClientError:
         return cls(error.code(), error.details() or "")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc_errors(method: F) -> F:
+    """Raises LensClientError (code and message) where the call raised grpc.RpcError."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except grpc.RpcError as e:
+            raise LensClientError.from_rpc(e) from None
+
+    return call  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

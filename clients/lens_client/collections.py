@@ -7,21 +7,17 @@ hits = lens.search("photos", text="a cat on a sofa", k=5, filter={"album": "2024
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-import grpc
 import numpy as np
 from lens.v1 import common_pb2, index_pb2
 from tqdm import tqdm
 
 from lens_client import codec
-from lens_client.codec import ImageLike, LensClientError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from lens_client.codec import ImageLike, rpc_errors
 
 _METRICS = {
     "cosine": index_pb2.METRIC_COSINE,
@@ -30,24 +26,13 @@ _METRICS = {
 }
 
 
-def _rpc(method: F) -> F:
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except grpc.RpcError as e:
-            raise LensClientError.from_rpc(e) from None
-
-    return call  # type: ignore[return-value]
-
-
 class CollectionCalls:
     """Needs `self._index` (an `IndexStub`) and `self.timeout`."""
 
     _index: Any
     timeout: float
 
-    @_rpc
+    @rpc_errors
     def create_collection(
         self,
         name: str,
@@ -72,23 +57,23 @@ class CollectionCalls:
         )
         return collection_dict(self._index.CreateCollection(request, timeout=self.timeout))
 
-    @_rpc
+    @rpc_errors
     def collections(self) -> list[dict[str, Any]]:
         response = self._index.ListCollections(
             index_pb2.ListCollectionsRequest(), timeout=self.timeout
         )
         return [collection_dict(c) for c in response.collections]
 
-    @_rpc
+    @rpc_errors
     def describe_collection(self, name: str) -> dict[str, Any]:
         request = index_pb2.CollectionRequest(name=name)
         return collection_dict(self._index.DescribeCollection(request, timeout=self.timeout))
 
-    @_rpc
+    @rpc_errors
     def drop_collection(self, name: str) -> None:
         self._index.DropCollection(index_pb2.CollectionRequest(name=name), timeout=self.timeout)
 
-    @_rpc
+    @rpc_errors
     def upsert(
         self,
         collection: str,
@@ -120,12 +105,12 @@ class CollectionCalls:
                 written += response.upserted
         return written
 
-    @_rpc
+    @rpc_errors
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         request = index_pb2.DeleteRequest(collection=collection, ids=list(ids))
         return int(self._index.Delete(request, timeout=self.timeout).deleted)
 
-    @_rpc
+    @rpc_errors
     def get(
         self, collection: str, ids: Sequence[str], *, include_vectors: bool = False
     ) -> list[dict[str, Any]]:
@@ -143,7 +128,7 @@ class CollectionCalls:
             for it in items
         ]
 
-    @_rpc
+    @rpc_errors
     def search(
         self,
         collection: str,
@@ -166,7 +151,7 @@ class CollectionCalls:
         )
         return hits(self._index.Search(request, timeout=self.timeout))
 
-    @_rpc
+    @rpc_errors
     def search_batch(
         self,
         collection: str,
@@ -186,7 +171,7 @@ class CollectionCalls:
         )
         return [hits(r) for r in self._index.SearchBatch(request, timeout=self.timeout).results]
 
-    @_rpc
+    @rpc_errors
     def find_duplicates(
         self, collection: str, threshold: float, max_pairs: int = 0
     ) -> dict[str, Any]:

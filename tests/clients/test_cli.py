@@ -175,3 +175,58 @@ def test_index_commands(server, tmp_path):
     missing = lens("search", "album", "--text", "x", env=env)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
     assert lens("search", "album", env=env).returncode == 2
+
+
+def test_classify_and_classifier_commands(server, tmp_path):
+    env = {"LENS_SERVER": server.address}
+    images = []
+    for name in ("chelsea", "coffee"):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(photo(name)).save(path)
+        images.append(str(path))
+    out = lens(
+        "classify",
+        *images,
+        "--labels",
+        "cat,cup of coffee,rocket",
+        "--top-k",
+        "2",
+        "--templates",
+        "openai-imagenet",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x["input"] for x in lines] == images and len(lines[0]["labels"]) == 2
+    template_file = tmp_path / "templates.txt"
+    template_file.write_text("a photo of a {label}.\nan image of {}\n")
+    assert (
+        lens(
+            "classify", images[0], "--labels", "cat,dog", "--templates", str(template_file), env=env
+        ).returncode
+        == 0
+    )
+
+    examples = tmp_path / "examples"
+    for name in ("chelsea", "coffee"):
+        (examples / name).mkdir(parents=True)
+        Image.fromarray(photo(name)).save(examples / name / "1.jpg")
+    created = lens("classifier", "create", "cli-few", "--examples", str(examples), env=env)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["kind"] == "few-shot"
+    top = [
+        json.loads(x)["labels"][0]["label"]
+        for x in lens(
+            "classify", *images, "--classifier", "cli-few", "--top-k", "1", env=env
+        ).stdout.splitlines()
+    ]
+    assert top == ["chelsea", "coffee"]
+    assert "cli-few" in lens("classifier", "ls", env=env).stdout
+    assert json.loads(lens("classifier", "get", "cli-few", env=env).stdout)["shots"] == 1
+    assert lens("classifier", "delete", "cli-few", env=env).returncode == 0
+    gone = lens("classify", images[0], "--classifier", "cli-few", env=env)
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    (examples / "empty").mkdir()
+    bad = lens("classifier", "create", "x", "--examples", str(examples), env=env)
+    assert bad.returncode == 2 and "class 'empty' has no images" in bad.stderr
+    assert lens("classify", images[0], env=env).returncode == 2

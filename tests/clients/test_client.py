@@ -165,3 +165,30 @@ def test_collections_from_python(server, files):
         lens.drop_collection("vec")
         with pytest.raises(ValueError, match="exactly one"):
             lens.search("py", k=1)
+
+
+def test_classification_from_python(server, files):
+    with LensClient(server.address) as lens:
+        results = lens.classify(
+            files[:2],
+            labels=["cat", "astronaut", "coffee"],
+            top_k=3,
+            templates=["a photo of a {}.", "a {label}"],
+        )
+        assert len(results) == 2 and len(results[0]) == 3
+        assert abs(sum(r["probability"] for r in results[0]) - 1) < 1e-4
+        info = lens.create_classifier("py-zero", labels=["cat", "dog"], templates="simple")
+        assert info["kind"] == "zero-shot" and info["versions"] == [1]
+        few = lens.create_classifier(
+            "py-few", examples={"a": files[:1], "b": files[1:2]}, text_weight=0.2
+        )
+        assert few["shots"] == 1
+        assert lens.classify([files[1]], classifier="py-few", top_k=1)[0][0]["label"] == "b"
+        assert {"py-zero", "py-few"} <= {c["name"] for c in lens.classifiers()}
+        assert lens.get_classifier("py-zero")["labels"] == ["cat", "dog"]
+        lens.delete_classifier("py-zero")
+        with pytest.raises(LensClientError) as info_:
+            lens.get_classifier("py-zero")
+        assert info_.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(ValueError, match="labels or a classifier"):
+            lens.classify(files[:1])

@@ -1,0 +1,141 @@
+"""Classification calls of `LensClient`: zero-shot, saved and few-shot classifiers.
+
+lens.classify(["cat.jpg"], labels=["cat", "dog"], templates="openai-imagenet")
+lens.create_classifier("pets", labels=["cat", "dog"])
+lens.create_classifier("parts", examples={"bolt": [...], "nut": [...]})
+lens.classify(images, classifier="pets", top_k=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lens.v1 import classifiers_pb2, inference_pb2
+
+from lens_client import codec
+from lens_client.codec import ImageLike, rpc_errors
+
+
+def labels_message(
+    labels: Sequence[str], templates: str | Sequence[str] | None
+) -> classifiers_pb2.Labels:
+    """`templates`: a built-in set name, or your own templates with {} or {label}."""
+    if isinstance(templates, str):
+        return classifiers_pb2.Labels(labels=list(labels), template_set=templates)
+    return classifiers_pb2.Labels(labels=list(labels), templates=list(templates or ()))
+
+
+class ClassifyCalls:
+    """Needs `self._inference`, `self._classifiers`, `self.timeout` and `self.model`."""
+
+    _inference: Any
+    _classifiers: Any
+    timeout: float
+    model: str | None
+
+    @rpc_errors
+    def classify(
+        self,
+        images: Sequence[ImageLike],
+        *,
+        labels: Sequence[str] | None = None,
+        templates: str | Sequence[str] | None = None,
+        classifier: str | None = None,
+        top_k: int = 0,
+        multi_label: bool = False,
+        threshold: float = 0.5,
+        model: str | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Per image, `[{"label", "probability", "similarity"}]`, most probable first."""
+        if (labels is None) == (classifier is None):
+            raise ValueError("give labels or a classifier name")
+        request = inference_pb2.ClassifyRequest(
+            images=[codec.image_bytes(i) for i in images],
+            model=codec.parse_model(model or (None if classifier else self.model)),
+            top_k=top_k,
+            multi_label=multi_label,
+            threshold=threshold,
+        )
+        if classifier is not None:
+            request.saved = classifier
+        else:
+            request.labels.CopyFrom(labels_message(labels or (), templates))
+        response = self._inference.Classify(request, timeout=self.timeout)
+        return [
+            [
+                {"label": s.label, "probability": s.probability, "similarity": s.similarity}
+                for s in result.labels
+            ]
+            for result in response.results
+        ]
+
+    @rpc_errors
+    def create_classifier(
+        self,
+        name: str,
+        *,
+        labels: Sequence[str] | None = None,
+        templates: str | Sequence[str] | None = None,
+        examples: Mapping[str, Sequence[ImageLike]] | None = None,
+        text_weight: float = 0.0,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        """A saved classifier: zero-shot from `labels`, or few-shot from `examples`
+        (label → images), optionally mixed with the labels' zero-shot weights."""
+        if (labels is None) == (examples is None):
+            raise ValueError("give labels (zero-shot) or examples (few-shot)")
+        request = classifiers_pb2.CreateClassifierRequest(
+            name=name, model=codec.parse_model(model or self.model)
+        )
+        if labels is not None:
+            request.zero_shot.CopyFrom(labels_message(labels, templates))
+        else:
+            part = labels_message([], templates)
+            request.few_shot.CopyFrom(
+                classifiers_pb2.FewShot(
+                    classes=[
+                        classifiers_pb2.Examples(
+                            label=label, images=[codec.image_bytes(i) for i in images]
+                        )
+                        for label, images in (examples or {}).items()
+                    ],
+                    text_weight=text_weight,
+                    template_set=part.template_set,
+                    templates=part.templates,
+                )
+            )
+        return classifier_dict(self._classifiers.CreateClassifier(request, timeout=None))
+
+    @rpc_errors
+    def classifiers(self) -> list[dict[str, Any]]:
+        response = self._classifiers.ListClassifiers(
+            classifiers_pb2.ListClassifiersRequest(), timeout=self.timeout
+        )
+        return [classifier_dict(c) for c in response.classifiers]
+
+    @rpc_errors
+    def get_classifier(self, name: str) -> dict[str, Any]:
+        return classifier_dict(
+            self._classifiers.GetClassifier(
+                classifiers_pb2.ClassifierRequest(name=name), timeout=self.timeout
+            )
+        )
+
+    @rpc_errors
+    def delete_classifier(self, name: str) -> None:
+        self._classifiers.DeleteClassifier(
+            classifiers_pb2.ClassifierRequest(name=name), timeout=self.timeout
+        )
+
+
+def classifier_dict(info: classifiers_pb2.ClassifierInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "model": info.model,
+        "kind": info.kind,
+        "labels": list(info.labels),
+        "templates": info.templates,
+        "shots": info.shots,
+        "versions": list(info.versions),
+    }
