@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import grpc
 import numpy as np
 from lens.v1 import classifiers_pb2, classifiers_pb2_grpc, inference_pb2
@@ -27,10 +29,14 @@ class Classification:
     """Turns a ClassifyRequest into scores: the weights (inline, or saved and computed once per
     model version), the images through the model, the top labels."""
 
+    # Inline label sets whose weights are kept, most recently used first.
+    INLINE_CACHE = 32
+
     def __init__(self, registry: Registry, store: ClassifierStore, config: ServerConfig) -> None:
         self.registry = registry
         self.store = store
         self.config = config
+        self._inline: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     async def classify(
         self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -58,7 +64,7 @@ class Classification:
             labels = check_labels(request.labels.labels, self.config.limits.max_labels)
             templates = templates_of(request.labels.template_set, request.labels.templates)
             model = self.registry.resolve(request.model.name, request.model.version)
-            weights = await zero_shot_weights(model, labels, templates)
+            weights = await self.inline_weights(model, labels, templates)
         top_k = request.top_k or min(5, len(labels))
         if top_k > len(labels):
             raise InvalidInput(f"top_k {top_k} is above the number of labels ({len(labels)})")
@@ -81,6 +87,20 @@ class Classification:
                 for row in ranked
             ],
         )
+
+    async def inline_weights(
+        self, model: LoadedVersion, labels: tuple[str, ...], templates: tuple[str, ...]
+    ) -> np.ndarray:
+        """Zero-shot weights of inline labels, remembered for the next request like it."""
+        key = (model.name, model.version, labels, templates)
+        if key in self._inline:
+            self._inline.move_to_end(key)
+            return self._inline[key]
+        weights = await zero_shot_weights(model, labels, templates)
+        self._inline[key] = weights
+        while len(self._inline) > self.INLINE_CACHE:
+            self._inline.popitem(last=False)
+        return weights
 
     async def saved_weights(self, spec: ClassifierSpec, model: LoadedVersion) -> np.ndarray:
         """The classifier's weights for this model version: stored, or computed now (first

