@@ -76,6 +76,36 @@ def start_server(repo: Path, collections: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not start")
 
 
+def throughput(lens: LensClient, model: str, queries: list[bytes], args) -> dict[str, float]:
+    """Classify with a saved 1,000-label classifier against Embed: the same requests of 64
+    images, one at a time, in alternating rounds; each keeps its best."""
+    lens.create_classifier(
+        f"thousand-{model}", labels=[f"class {i}" for i in range(1000)], model=model
+    )
+    images = (queries * (args.throughput_images // len(queries) + 1))[: args.throughput_images]
+    embed_rates, classify_rates = [], []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        for i in range(0, len(images), 64):
+            lens.embed_images(images[i : i + 64], model=model, batch_size=64)
+        embed_rates.append(len(images) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for i in range(0, len(images), 64):
+            lens.classify(images[i : i + 64], classifier=f"thousand-{model}", top_k=5)
+        classify_rates.append(len(images) / (time.perf_counter() - start))
+    result = {
+        "embed_images_per_s": max(embed_rates),
+        "classify_1000_labels_images_per_s": max(classify_rates),
+        "ratio": max(classify_rates) / max(embed_rates),
+    }
+    print(
+        f"{model}: Embed {result['embed_images_per_s']:.1f} images/s, Classify (1,000 labels) "
+        f"{result['classify_1000_labels_images_per_s']:.1f} images/s: {result['ratio']:.1%}",
+        flush=True,
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -83,6 +113,13 @@ def main() -> None:
     parser.add_argument("--shots", default="1,5,10")
     parser.add_argument("--throughput-images", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--throughput-repo",
+        type=Path,
+        default=None,
+        help="also measure Classify against Embed on a model of this repository",
+    )
+    parser.add_argument("--throughput-model", default="clip-vit-b-32")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-classify-"))
@@ -143,34 +180,20 @@ def main() -> None:
                     score = accuracy(lens.classify(queries, classifier=name, top_k=1), truth)
                     report["few_shot"][name] = score
                     print(f"few-shot, {method}, {shots} per class: {score:.3f}", flush=True)
-            lens.create_classifier(
-                "thousand", labels=[f"class {i}" for i in range(1000)], model="digits-clip"
-            )
-            images = (queries * (args.throughput_images // len(queries) + 1))[
-                : args.throughput_images
-            ]
-            embed_rates, classify_rates = [], []
-            for _ in range(args.rounds):
-                start = time.perf_counter()  # the same requests of 64, one at a time
-                for i in range(0, len(images), 64):
-                    lens.embed_images(images[i : i + 64], model="digits-clip", batch_size=64)
-                embed_rates.append(len(images) / (time.perf_counter() - start))
-                start = time.perf_counter()
-                for i in range(0, len(images), 64):
-                    lens.classify(images[i : i + 64], classifier="thousand", top_k=5)
-                classify_rates.append(len(images) / (time.perf_counter() - start))
-            report["throughput"] = {
-                "embed_images_per_s": max(embed_rates),
-                "classify_1000_labels_images_per_s": max(classify_rates),
-                "ratio": max(classify_rates) / max(embed_rates),
-            }
-            print(
-                f"Embed {max(embed_rates):.0f} images/s, Classify (1,000 labels) "
-                f"{max(classify_rates):.0f} images/s: {report['throughput']['ratio']:.1%}"
-            )
+            report["throughput"] = {"digits-clip": throughput(lens, "digits-clip", queries, args)}
     finally:
         process.terminate()
         process.wait(30)
+    if args.throughput_repo:
+        process, address = start_server(args.throughput_repo, folder / "collections-2")
+        try:
+            with LensClient(address, timeout=3600) as lens:
+                report["throughput"][args.throughput_model] = throughput(
+                    lens, args.throughput_model, queries, args
+                )
+        finally:
+            process.terminate()
+            process.wait(30)
     save(report, "classify", args.out)
 
 

@@ -138,7 +138,12 @@ def scores(
     else:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probability = shifted / shifted.sum(axis=1, keepdims=True)
-    order = np.argsort(-probability, axis=1, kind="stable")[:, :top_k]
+    if top_k < probability.shape[1]:  # the top_k in O(C), then only those sorted
+        top = np.argpartition(-probability, top_k - 1, axis=1)[:, :top_k]
+    else:
+        top = np.broadcast_to(np.arange(probability.shape[1]), probability.shape)
+    picked = np.take_along_axis(probability, top, axis=1)
+    order = np.take_along_axis(top, np.argsort(-picked, axis=1, kind="stable"), axis=1)
     return [
         [
             (int(c), float(probability[n, c]), float(similarity[n, c]))
@@ -156,29 +161,32 @@ class ClassifierStore:
         self.root = repo_root
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._specs: dict[str, ClassifierSpec] | None = None  # read once, then kept up to date
 
     def _folder(self, spec: ClassifierSpec) -> Path:
         return self.root / spec.model / "classifiers" / spec.name
 
-    def _all(self) -> dict[str, Path]:
-        return {
-            p.parent.name: p.parent
-            for p in sorted(self.root.glob("*/classifiers/*/classifier.json"))
-        }
+    def _all(self) -> dict[str, ClassifierSpec]:
+        if self._specs is None:
+            specs = {}
+            for path in sorted(self.root.glob("*/classifiers/*/classifier.json")):
+                raw = json.loads(path.read_text())
+                specs[path.parent.name] = ClassifierSpec(
+                    **{**raw, "labels": tuple(raw["labels"]), "templates": tuple(raw["templates"])}
+                )
+            self._specs = specs
+        return self._specs
 
     def names(self) -> list[str]:
         return sorted(self._all())
 
     def get(self, name: str) -> ClassifierSpec:
-        folder = self._all().get(name)
-        if folder is None:
+        spec = self._all().get(name)
+        if spec is None:
             raise NotFound(
                 f"classifier {name!r} not found. {available('classifiers', self.names())}"
             )
-        raw = json.loads((folder / "classifier.json").read_text())
-        return ClassifierSpec(
-            **{**raw, "labels": tuple(raw["labels"]), "templates": tuple(raw["templates"])}
-        )
+        return spec
 
     def create(self, spec: ClassifierSpec, examples: Sequence[Sequence[bytes]] = ()) -> None:
         check_name(spec.name, "classifier")
@@ -195,6 +203,7 @@ class ClassifierStore:
                     (staging / "examples" / str(c) / f"{j}.img").write_bytes(data)
             (staging / "classifier.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
             staging.rename(folder)
+            self._all()[spec.name] = spec
 
     def examples(self, spec: ClassifierSpec) -> list[list[bytes]]:
         base = self._folder(spec) / "examples"
@@ -232,6 +241,7 @@ class ClassifierStore:
         spec = self.get(name)
         with self._lock:
             shutil.rmtree(self._folder(spec))
+            del self._all()[name]
             for key in [k for k in self._cache if k[0] == name]:
                 del self._cache[key]
 
