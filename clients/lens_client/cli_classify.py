@@ -1,0 +1,135 @@
+"""`lens classify` and `lens classifier ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lens_client import codec
+from lens_client.cli_common import (
+    Model,
+    Server,
+    app,
+    classifier_app,
+    connect,
+    fail,
+    image_files,
+    print_json,
+)
+
+Templates = Annotated[
+    str | None,
+    typer.Option(
+        help="A template set (simple, openai-imagenet) or a file, one template per "
+        "line, each with {} or {label}."
+    ),
+]
+
+
+def _templates(value: str | None) -> str | list[str] | None:
+    if value is None or value in ("simple", "openai-imagenet"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        fail(f"--templates {value}: not a template set (simple, openai-imagenet) or a file", 2)
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def _labels(value: str) -> list[str]:
+    return [label.strip() for label in value.split(",")]
+
+
+@app.command()
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label names.")] = None,
+    templates: Templates = None,
+    classifier: Annotated[str | None, typer.Option(help="A saved classifier.")] = None,
+    top_k: Annotated[int, typer.Option(help="Labels per image (0: 5).")] = 0,
+    multi_label: Annotated[bool, typer.Option(help="Independent labels (sigmoid).")] = False,
+    threshold: Annotated[float, typer.Option(help="Multi-label: lowest probability shown.")] = 0.5,
+    model: Model = None,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Classify images zero-shot (--labels) or with a saved classifier; one JSON line each."""
+    if (labels is None) == (classifier is None):
+        fail("give --labels or --classifier", 2)
+    for path in images:
+        if not path.is_file():
+            fail(f"{path}: no such file", 2)
+    with connect(server, model=model) as client:
+        results = client.classify(
+            images,
+            labels=_labels(labels) if labels is not None else None,
+            templates=_templates(templates),
+            classifier=classifier,
+            top_k=top_k,
+            multi_label=multi_label,
+            threshold=threshold,
+        )
+    for path, result in zip(images, results, strict=True):
+        print_json({"input": str(path), "labels": result})
+
+
+@classifier_app.command("create")
+def classifier_create(
+    name: str,
+    labels: Annotated[str | None, typer.Option(help="Zero-shot: comma-separated labels.")] = None,
+    examples: Annotated[
+        Path | None,
+        typer.Option(help="Few-shot: a folder with one sub-folder of images per label."),
+    ] = None,
+    templates: Templates = None,
+    text_weight: Annotated[
+        float, typer.Option(help="Few-shot: weight of the labels' zero-shot part (0-1).")
+    ] = 0.0,
+    model: Model = None,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Save a classifier: zero-shot from labels, or few-shot from example images."""
+    if (labels is None) == (examples is None):
+        fail("give --labels or --examples", 2)
+    shots: dict[str, list[Path]] | None = None
+    if examples is not None:
+        if not examples.is_dir():
+            fail(f"{examples}: no such folder", 2)
+        shots = {d.name: image_files([d]) for d in sorted(examples.iterdir()) if d.is_dir()}
+        if not shots:
+            fail(f"{examples}: no class sub-folders", 2)
+        empty = [label for label, files in shots.items() if not files]
+        if empty:
+            fail(f"{examples}: class {empty[0]!r} has no images", 2)
+    with connect(server, model=model) as client:
+        info = client.create_classifier(
+            name,
+            labels=_labels(labels) if labels is not None else None,
+            templates=_templates(templates),
+            examples=shots,
+            text_weight=text_weight,
+        )
+    print_json(info)
+
+
+@classifier_app.command("ls")
+def classifier_ls(server: Server = codec.DEFAULT_SERVER) -> None:
+    """List the saved classifiers, one JSON line each."""
+    with connect(server) as client:
+        for info in client.classifiers():
+            print_json(info)
+
+
+@classifier_app.command("get")
+def classifier_get(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+    """A saved classifier: model, kind, labels, templates, shots, versions computed."""
+    with connect(server) as client:
+        print_json(client.get_classifier(name))
+
+
+@classifier_app.command("delete")
+def classifier_delete(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+    """Delete a saved classifier."""
+    with connect(server) as client:
+        client.delete_classifier(name)
+    typer.echo(f"{name}: deleted", err=True)

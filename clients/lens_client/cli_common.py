@@ -1,0 +1,92 @@
+"""What every `lens` command shares: the app, option types, one-line errors, the client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from lens_client import codec
+
+if TYPE_CHECKING:
+    from lens_client.client import LensClient
+    from server.repository import Repository
+
+app = typer.Typer(
+    name="lens",
+    no_args_is_help=True,
+    add_completion=False,
+    help="lens: image and text embeddings over gRPC, and the models behind them.",
+)
+import_app = typer.Typer(no_args_is_help=True, help="Import a model into the repository.")
+app.add_typer(import_app, name="import")
+index_app = typer.Typer(no_args_is_help=True, help="Collections of images, texts and vectors.")
+app.add_typer(index_app, name="index")
+classifier_app = typer.Typer(no_args_is_help=True, help="Saved zero-shot and few-shot classifiers.")
+app.add_typer(classifier_app, name="classifier")
+
+Server = Annotated[
+    str, typer.Option("--server", envvar="LENS_SERVER", help="Server address HOST:PORT.")
+]
+Repo = Annotated[Path, typer.Option("--repo", envvar="LENS_REPO", help="Model repository folder.")]
+Model = Annotated[
+    str | None, typer.Option("--model", help="NAME[:VERSION]; default: the server's default.")
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"lens: {message}", err=True)
+    raise typer.Exit(code)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+@contextmanager
+def connect(server: str, **options: Any) -> Iterator[LensClient]:
+    """A client whose refusals (and bad arguments) end the command with one line."""
+    from lens_client.client import LensClient
+
+    try:
+        with LensClient(server, **options) as client:
+            yield client
+    except (codec.LensClientError, ValueError) as e:
+        fail(str(e))
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            fail(f"{path}: no such file or folder", 2)
+    return files
+
+
+def describe_version(repository: Repository, name: str, version: int) -> str:
+    manifest = repository.manifest(name, version)
+    source = manifest.source
+    weights = source.get("pretrained") or (
+        "random weights" if source.get("type") == "openclip" else "weights from the folder"
+    )
+    parity = ", ".join(f"{t} parity {p['min_cosine']:.6f}" for t, p in manifest.parity.items())
+    return f"{source.get('type')}:{source.get('arch')}, {weights}, dim {manifest.dim}, {parity}"
+
+
+def written(repository: Repository, name: str, version: int, path: Path) -> None:
+    typer.echo(
+        f"{name}: version {version} written to {path} "
+        f"({describe_version(repository, name, version)})"
+    )

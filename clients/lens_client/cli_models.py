@@ -1,0 +1,216 @@
+"""`lens serve`, `lens models`, `lens embed`, `lens health`, `lens import`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lens_client import codec
+from lens_client.cli_common import (
+    Model,
+    Repo,
+    Server,
+    app,
+    connect,
+    describe_version,
+    fail,
+    import_app,
+    written,
+)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 50051,
+    repo: Repo = Path("models"),
+    collections: Annotated[
+        Path, typer.Option(envvar="LENS_COLLECTIONS", help="Folder of the collections.")
+    ] = Path("collections"),
+    default_model: Annotated[
+        str | None,
+        typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
+    ] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Inputs per batch, per tower.")] = 32,
+    max_queue_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Inputs waiting per tower before RESOURCE_EXHAUSTED.")
+    ] = 4096,
+    instances: Annotated[int, typer.Option(help="Batches run at once per tower.")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="ONNX Runtime threads per op (0: one per core).")
+    ] = 0,
+    decode_workers: Annotated[
+        int | None, typer.Option(help="Image decoding threads (default: one per core).")
+    ] = None,
+    max_inputs: Annotated[int, typer.Option(help="Inputs per request.")] = 1024,
+    max_labels: Annotated[int, typer.Option(help="Labels per classifier.")] = 5000,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve the models of a repository over gRPC."""
+    import asyncio
+
+    from server.app import serve as run
+    from server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
+    from server.errors import LensError
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        runtime = RuntimeConfig(intra_op_threads=threads)
+        if decode_workers is not None:
+            runtime = RuntimeConfig(intra_op_threads=threads, decode_workers=decode_workers)
+        config = ServerConfig(
+            repo=repo,
+            collections=collections,
+            host=host,
+            port=port,
+            default_model=default_model,
+            batch=BatchConfig(max_batch_size, max_queue_delay_ms, max_queue_size, instances),
+            limits=Limits(max_inputs_per_request=max_inputs, max_labels=max_labels),
+            runtime=runtime,
+        )
+        asyncio.run(run(config))
+    except (ValueError, LensError, OSError) as e:
+        fail(str(e))
+
+
+@app.command()
+def models(
+    name: Annotated[str | None, typer.Argument(help="One model; default: all.")] = None,
+    server: Server = codec.DEFAULT_SERVER,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the server's models and their versions."""
+    with connect(server) as client:
+        found = [client.get_model(name)] if name else client.models()
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    for model in found:
+        default = " (default)" if model["default"] else ""
+        typer.echo(
+            f"{model['name']}{default}: {model['kind']}, dim {model['dim']}, "
+            f"{'+'.join(model['modalities'])}, serving version {model['serving_version']}"
+        )
+        for v in model["versions"]:
+            reason = f": {v['reason']}" if v["reason"] else ""
+            on = f" on {', '.join(v['providers'])}" if v["providers"] else ""
+            typer.echo(f"  version {v['version']}: {v['state']}{on}  [{v['source']}]{reason}")
+
+
+@app.command()
+def embed(
+    text: Annotated[
+        list[str] | None, typer.Option("--text", "-t", help="A text (repeatable).")
+    ] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", "-i", help="An image file (repeatable).")
+    ] = None,
+    model: Model = None,
+    server: Server = codec.DEFAULT_SERVER,
+    batch_size: Annotated[int, typer.Option(help="Inputs per request.")] = 32,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = False,
+) -> None:
+    """Embed images and texts; print one JSON line per input (images first, then texts)."""
+    images, texts = image or [], text or []
+    if not images and not texts:
+        fail("give at least one --text or --image", 2)
+    for path in images:
+        if not path.is_file():
+            fail(f"{path}: no such file", 2)
+    with connect(server, model=model) as client:
+        inputs = [*codec.image_inputs(images), *codec.text_inputs(texts)]
+        result = client.embed(inputs, batch_size=batch_size, progress=progress, total=len(inputs))
+    labels = [str(p) for p in images] + texts
+    for label, vector in zip(labels, result.vectors, strict=True):
+        line = {
+            "input": label,
+            "model": result.model,
+            "version": result.version,
+            "embedding": [round(float(v), 7) for v in vector],
+        }
+        sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def health(server: Server = codec.DEFAULT_SERVER) -> None:
+    """Exit 0 if the server answers SERVING to the gRPC health check, else 1."""
+    with connect(server, retries=0, timeout=5) as client:
+        ok = client.healthy()
+    typer.echo("SERVING" if ok else "NOT SERVING")
+    raise typer.Exit(0 if ok else 1)
+
+
+@import_app.command("openclip")
+def import_openclip(
+    arch: Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-32.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LENS_PRETRAINED",
+            help="A checkpoint file or a pretrained tag; default: random weights.",
+        ),
+    ] = None,
+    repo: Repo = Path("models"),
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if the model has a version.")
+    ] = False,
+) -> None:
+    """Import an open_clip model: export both towers to ONNX, check parity, add a version."""
+    _import(repo, name, if_missing, "openclip", arch=arch, pretrained=pretrained or None)
+
+
+@import_app.command("hf")
+def import_hf(
+    folder: Annotated[Path, typer.Argument(help="A local transformers CLIPModel folder.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    repo: Repo = Path("models"),
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if the model has a version.")
+    ] = False,
+) -> None:
+    """Import a transformers CLIPModel folder: export, check parity, add a version."""
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder", 2)
+    _import(repo, name, if_missing, "hf", folder=folder)
+
+
+def _import(repo: Path, name: str, if_missing: bool, source: str, **kwargs: object) -> None:
+    from server.errors import LensError
+    from server.repository import Repository
+    from training.export import ParityError
+
+    repository = Repository(repo)
+    if if_missing and name in repository.models():
+        version = repository.latest(name)
+        typer.echo(
+            f"{name}: version {version} is already in {repo} "
+            f"({describe_version(repository, name, version)})"
+        )
+        return
+    what = kwargs.get("arch") or kwargs.get("folder")
+    weights = kwargs.get("pretrained") or ("random weights" if source == "openclip" else "")
+    typer.echo(
+        f"importing {source} {what} as {name} ({weights or 'weights from the folder'})…", err=True
+    )
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if source == "openclip":
+            from training.export.openclip import import_openclip
+
+            version, path = import_openclip(repository, name=name, **kwargs)  # type: ignore[arg-type]
+        else:
+            from training.export.hf import import_hf
+
+            version, path = import_hf(repository, name=name, **kwargs)  # type: ignore[arg-type]
+    except (ParityError, LensError, ValueError, RuntimeError, OSError) as e:
+        fail(f"import failed, nothing written: {e}")
+    written(repository, name, version, path)
