@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import machine, save, start_server
 from lens_client import LensClient
 from PIL import Image
-from report import machine, save
 
 from server.repository import Repository
 from training.evaluate import DIGIT_TEMPLATES
@@ -45,35 +41,6 @@ def png(pixels: torch.Tensor) -> bytes:
 
 def accuracy(results: list[list[dict]], truth: list[str]) -> float:
     return float(np.mean([r[0]["label"] == t for r, t in zip(results, truth, strict=True)]))
-
-
-def start_server(repo: Path, collections: Path) -> tuple[subprocess.Popen, str]:
-    lens = Path(sys.executable).with_name("lens")
-    process = subprocess.Popen(
-        [
-            str(lens),
-            "serve",
-            "--repo",
-            str(repo),
-            "--collections",
-            str(collections),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-            "--max-batch-size",
-            "64",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if match := re.search(r"lens serving .* on (\S+:\d+)", line):
-            return process, match.group(1)
-    raise RuntimeError("server did not start")
 
 
 def throughput(lens: LensClient, model: str, queries: list[bytes], args) -> dict[str, float]:
@@ -148,7 +115,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     by_class = {c: np.flatnonzero(train.labels.numpy() == c) for c in range(len(names))}
 
-    process, address = start_server(folder / "models", folder / "collections")
+    process, address = start_server(folder / "models", "--max-batch-size", "64")
     report: dict = {
         "benchmark": "classify",
         "machine": machine(torch=torch.__version__),
@@ -185,7 +152,7 @@ def main() -> None:
         process.terminate()
         process.wait(30)
     if args.throughput_repo:
-        process, address = start_server(args.throughput_repo, folder / "collections-2")
+        process, address = start_server(args.throughput_repo, "--max-batch-size", "64")
         try:
             with LensClient(address, timeout=3600) as lens:
                 report["throughput"][args.throughput_model] = throughput(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from report import machine, save
+from harness import machine, save
 
 from server.collections import Collection, CollectionSpec, IndexConfig, NewItem
 from server.collections.faiss_index import VectorIndex

@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from harness import machine, save, start_server
 from lens_client import LensClient
 from PIL import Image
-from report import machine, save
 
 from server.config import RuntimeConfig
 from server.preprocess import ImagePreprocessor, TextTokenizer
@@ -133,37 +130,6 @@ def latency(address: str, image: bytes, requests: int) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
 
 
-def start_server(repo: Path, model: str, batch: int, workers: int) -> tuple[subprocess.Popen, str]:
-    lens = Path(sys.executable).with_name("lens")
-    process = subprocess.Popen(
-        [
-            str(lens),
-            "serve",
-            "--repo",
-            str(repo),
-            "--port",
-            "0",
-            "--default-model",
-            model,
-            "--max-batch-size",
-            str(batch),
-            "--decode-workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if match := re.search(r"on (\S+:\d+)", line):
-            return process, match.group(1)
-    raise RuntimeError("server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -181,7 +147,15 @@ def main() -> None:
     args = parser.parse_args()
 
     images, texts = jpeg_inputs(args.images), text_inputs(args.texts)
-    process, address = start_server(args.repo, args.model, args.batch, args.workers)
+    process, address = start_server(
+        args.repo,
+        "--default-model",
+        args.model,
+        "--max-batch-size",
+        str(args.batch),
+        "--decode-workers",
+        str(args.workers),
+    )
     local: list[dict[str, float]] = []
     served: list[dict[str, float]] = []
     try:

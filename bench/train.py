@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from report import machine, save
+from harness import machine, save
 
 from training.evaluate import chance, view_retrieval_top1
 from training.loop import TrainConfig, Trainer
