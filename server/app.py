@@ -25,6 +25,7 @@ from lens.v1 import (
 from server.classifiers import ClassifierStore
 from server.collections import Collections
 from server.config import ServerConfig
+from server.deploy import Deployments
 from server.registry import Registry
 from server.repository import Repository
 from server.services.classify import Classification, ClassifiersServicer
@@ -53,6 +54,9 @@ class LensServer:
         )
         self.registry = Registry(Repository(config.repo), config, self._decode_pool)
         self.collections = Collections(config.collections)
+        self.classifiers = ClassifierStore(config.repo)
+        self.deployments = Deployments(self.registry, self.collections, self.classifiers)
+        self._watcher: asyncio.Task[None] | None = None
         self._health = HealthServicer()
         size = config.limits.max_message_bytes
         self._server = grpc.aio.server(
@@ -63,22 +67,26 @@ class LensServer:
         )
 
     async def start(self) -> int:
-        """Loads the models, then listens; returns the port (useful with port 0)."""
-        await self.registry.start()
+        """Opens the collections, loads the models they and requests need, resumes unfinished
+        re-indexes, then listens; returns the port (useful with port 0)."""
         await asyncio.to_thread(self.collections.open_all)
+        await self.registry.start(self.deployments.pinned())
+        self.deployments.resume()
+        if self.config.poll_s:
+            self._watcher = asyncio.get_running_loop().create_task(self.registry.watch())
         server = self._server
-        classification = Classification(
-            self.registry, ClassifierStore(self.config.repo), self.config
-        )
+        classification = Classification(self.registry, self.classifiers, self.config)
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(self.registry, self.config, classification), server
         )
         classifiers_pb2_grpc.add_ClassifiersServicer_to_server(
             ClassifiersServicer(classification), server
         )
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(
+            ModelsServicer(self.registry, self.deployments), server
+        )
         index_pb2_grpc.add_IndexServicer_to_server(
-            IndexServicer(self.collections, self.registry, self.config), server
+            IndexServicer(self.collections, self.registry, self.deployments, self.config), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -104,6 +112,9 @@ class LensServer:
         """Stops taking calls, lets those in flight finish (up to `grace_s`), unloads."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_s)
+        if self._watcher:
+            self._watcher.cancel()
+        await self.deployments.close()  # re-indexes resume at the next start
         await asyncio.to_thread(self.collections.close)  # snapshots every collection
         await self.registry.close()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -154,6 +154,27 @@ def scores(
     ]
 
 
+async def compute_weights(
+    spec: ClassifierSpec, model: LoadedVersion, examples: list[list[bytes]]
+) -> np.ndarray:
+    """The (C, D) weights of a classifier definition for one model version."""
+    if spec.kind == "zero-shot":
+        return await zero_shot_weights(model, spec.labels, spec.templates)
+    return await few_shot_weights(model, examples, spec.labels, spec.templates, spec.text_weight)
+
+
+async def saved_weights(
+    store: ClassifierStore, spec: ClassifierSpec, model: LoadedVersion
+) -> np.ndarray:
+    """A saved classifier's weights for a model version: stored, or computed now (the first
+    use with that version, or a deploy preparing it) and stored."""
+    weights = store.weights(spec, model.version)
+    if weights is None:
+        weights = await compute_weights(spec, model, store.examples(spec))
+        store.save_weights(spec, model.version, weights)
+    return weights
+
+
 class ClassifierStore:
     """Saved classifiers in the model repository; names are unique across models."""
 
@@ -179,6 +200,9 @@ class ClassifierStore:
 
     def names(self) -> list[str]:
         return sorted(self._all())
+
+    def of_model(self, model: str) -> list[ClassifierSpec]:
+        return [spec for spec in self._all().values() if spec.model == model]
 
     def get(self, name: str) -> ClassifierSpec:
         spec = self._all().get(name)

@@ -102,9 +102,19 @@ class ServerConfig:
     # Requests an EmbedStream processes at once, to keep the batcher busy.
     stream_window: int = 4
     grace_s: float = 5.0
+    # Bytes of weights all loaded versions may hold together (a deploy holds the old and the
+    # new version at once); 0: no limit.
+    memory_budget_bytes: int = 0
+    # Seconds between reads of the repository (new models, changed files); 0: only on
+    # ReloadRepository.
+    poll_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.memory_budget_bytes < 0:
+            raise ValueError(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
+        if self.poll_s < 0:
+            raise ValueError(f"poll_s must be >= 0, got {self.poll_s}")
         if self.stream_window < 1:
             raise ValueError(f"stream_window must be >= 1, got {self.stream_window}")

@@ -17,7 +17,7 @@ from server.batching import Batcher
 from server.config import ServerConfig
 from server.errors import FailedPrecondition, InvalidInput
 from server.preprocess import ImagePreprocessor, TextTokenizer
-from server.repository.manifest import Manifest, verify_files
+from server.repository.manifest import Manifest, parity_failures, sha256, verify_files
 from server.runtime import OnnxTower, Tower
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,15 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[str, Tower]:
-    """Checks the version's files against their sha256 and opens its towers in ONNX Runtime.
+    """Checks the version's files against their sha256 and its recorded parity, and opens its
+    towers in ONNX Runtime.
 
     Blocking (seconds for large models): call it off the event loop.
     """
+    if failures := parity_failures(manifest):
+        raise FailedPrecondition(
+            f"{folder}: the manifest records failed parity ({'; '.join(failures)})"
+        )
     verify_files(folder, manifest)
     towers: dict[str, Tower] = {}
     for modality, spec in (("image", manifest.image), ("text", manifest.text)):
@@ -45,10 +50,16 @@ def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[
     return towers
 
 
+def weight_bytes(manifest: Manifest, folder: Path) -> int:
+    """Bytes of the version's tower files: what loading it holds in memory, about."""
+    return sum((folder / s.file).stat().st_size for s in (manifest.image, manifest.text) if s)
+
+
 class LoadedVersion:
     """A model version ready to serve: `embed` turns inputs into normalised embeddings.
 
     Built on the event loop (its batchers live there) from towers opened by `open_towers`.
+    Requests hold it through `lease()`, so that it is closed only once they have finished.
     """
 
     def __init__(
@@ -74,6 +85,34 @@ class LoadedVersion:
             self.text = TextTokenizer(manifest.text, folder / manifest.text.tokenizer)
             self.batchers["text"] = Batcher(f"{label}/text", towers["text"], config.batch)
         self.providers = sorted({p for t in towers.values() for p in t.providers})
+        self.memory_bytes = weight_bytes(manifest, folder)
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # (size, mtime) of each file when loaded: a cheap check before re-hashing.
+        self._stats = {name: _stat(folder / name) for name in manifest.files}
+
+    def lease(self) -> _Lease:
+        """`with version.lease():` around a request's use of the version (see `drained`)."""
+        return _Lease(self)
+
+    async def drained(self) -> None:
+        """Returns once no request holds a lease."""
+        await self._idle.wait()
+
+    def changed_files(self) -> str:
+        """Why the version's files on disk no longer match those loaded; "" if they do.
+
+        Blocking (hashes a file whose size or time changed): call it off the event loop.
+        """
+        for name, stat in self._stats.items():
+            path = self.folder / name
+            now = _stat(path)
+            if now is None:
+                return f"{path} was removed after the version was loaded"
+            if now != stat and sha256(path) != self.manifest.files[name]:
+                return f"{path} changed on disk after the version was loaded (sha256 differs)"
+        return ""
 
     @property
     def name(self) -> str:
@@ -152,6 +191,29 @@ class LoadedVersion:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+
+class _Lease:
+    def __init__(self, version: LoadedVersion) -> None:
+        self._version = version
+
+    def __enter__(self) -> LoadedVersion:
+        self._version.in_flight += 1
+        self._version._idle.clear()
+        return self._version
+
+    def __exit__(self, *exc: object) -> None:
+        self._version.in_flight -= 1
+        if self._version.in_flight == 0:
+            self._version._idle.set()
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _blank_png(size: int) -> bytes:

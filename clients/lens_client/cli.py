@@ -5,10 +5,16 @@ work on a model repository (`--repo DIR`, or LENS_REPO). Errors are one line on 
 non-zero exit code.
 """
 
-from lens_client import cli_classify, cli_index, cli_models, cli_train  # register the commands
+from lens_client import (  # register the commands
+    cli_classify,
+    cli_deploy,
+    cli_index,
+    cli_models,
+    cli_train,
+)
 from lens_client.cli_common import app
 
-__all__ = ["app", "cli_classify", "cli_index", "cli_models", "cli_train"]
+__all__ = ["app", "cli_classify", "cli_deploy", "cli_index", "cli_models", "cli_train"]
 
 if __name__ == "__main__":
     app()

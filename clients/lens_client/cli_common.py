@@ -29,6 +29,10 @@ index_app = typer.Typer(no_args_is_help=True, help="Collections of images, texts
 app.add_typer(index_app, name="index")
 classifier_app = typer.Typer(no_args_is_help=True, help="Saved zero-shot and few-shot classifiers.")
 app.add_typer(classifier_app, name="classifier")
+models_app = typer.Typer(
+    help="The server's models and versions: list (the default), load, unload, reload."
+)
+app.add_typer(models_app, name="models")
 
 Server = Annotated[
     str, typer.Option("--server", envvar="LENS_SERVER", help="Server address HOST:PORT.")
@@ -57,6 +61,23 @@ def connect(server: str, **options: Any) -> Iterator[LensClient]:
             yield client
     except (codec.LensClientError, ValueError) as e:
         fail(str(e))
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_bytes(text: str) -> int:
+    """`"8GiB"`, `"512MB"`, `"1e9"`, `"0"` → bytes (KiB, MiB, GiB: powers of 1024)."""
+    raw = text.strip().lower().removesuffix("b")
+    binary = raw.endswith("i")
+    raw = raw.removesuffix("i")
+    unit = raw[-1] if raw and raw[-1] in "kmgt" else ""
+    try:
+        number = float(raw.removesuffix(unit) if unit else raw)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 8GiB, 512MB, 0)") from None
+    scale = 1024 ** "kmgt".index(unit) * 1024 if binary and unit else _UNITS[unit]
+    return int(number * scale)
 
 
 def print_json(value: object) -> None:

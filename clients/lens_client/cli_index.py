@@ -113,6 +113,20 @@ def indexdescribe_version(name: str, server: Server = codec.DEFAULT_SERVER) -> N
         print_json(client.describe_collection(name))
 
 
+@index_app.command("reindex")
+def index_reindex(
+    name: str,
+    version: Annotated[
+        int, typer.Option(help="Version of the collection's model; 0: the serving one.")
+    ] = 0,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Re-embed every item with another model version, in the background (searches keep
+    answering from the current vectors until it swaps)."""
+    with connect(server) as client:
+        print_json(client.reindex_collection(name, version))
+
+
 @index_app.command("drop")
 def index_drop(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
     """Delete a collection and its files."""

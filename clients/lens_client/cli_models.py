@@ -1,4 +1,4 @@
-"""`lens serve`, `lens models`, `lens embed`, `lens health`, `lens import`."""
+"""`lens serve`, `lens embed`, `lens health`, `lens import`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from lens_client.cli_common import (
     describe_version,
     fail,
     import_app,
+    parse_bytes,
     written,
 )
 
@@ -50,6 +51,17 @@ def serve(
     ] = None,
     max_inputs: Annotated[int, typer.Option(help="Inputs per request.")] = 1024,
     max_labels: Annotated[int, typer.Option(help="Labels per classifier.")] = 5000,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Weights all loaded versions may hold, e.g. 8GiB (a deploy holds two "
+            "versions at once); 0: no limit."
+        ),
+    ] = "0",
+    poll_s: Annotated[
+        float,
+        typer.Option(help="Seconds between reads of the repository; 0: only on `models reload`."),
+    ] = 10.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the models of a repository over gRPC."""
@@ -75,34 +87,12 @@ def serve(
             batch=BatchConfig(max_batch_size, max_queue_delay_ms, max_queue_size, instances),
             limits=Limits(max_inputs_per_request=max_inputs, max_labels=max_labels),
             runtime=runtime,
+            memory_budget_bytes=parse_bytes(memory_budget),
+            poll_s=poll_s,
         )
         asyncio.run(run(config))
     except (ValueError, LensError, OSError) as e:
         fail(str(e))
-
-
-@app.command()
-def models(
-    name: Annotated[str | None, typer.Argument(help="One model; default: all.")] = None,
-    server: Server = codec.DEFAULT_SERVER,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """List the server's models and their versions."""
-    with connect(server) as client:
-        found = [client.get_model(name)] if name else client.models()
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
-        return
-    for model in found:
-        default = " (default)" if model["default"] else ""
-        typer.echo(
-            f"{model['name']}{default}: {model['kind']}, dim {model['dim']}, "
-            f"{'+'.join(model['modalities'])}, serving version {model['serving_version']}"
-        )
-        for v in model["versions"]:
-            reason = f": {v['reason']}" if v["reason"] else ""
-            on = f" on {', '.join(v['providers'])}" if v["providers"] else ""
-            typer.echo(f"  version {v['version']}: {v['state']}{on}  [{v['source']}]{reason}")
 
 
 @app.command()

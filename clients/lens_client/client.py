@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lens_client import codec
 from lens_client.classify import ClassifyCalls
-from lens_client.codec import Embeddings, ImageLike, LensClientError
+from lens_client.codec import Embeddings, ImageLike, LensClientError, rpc_errors
 from lens_client.collections import CollectionCalls
 
 
@@ -142,6 +142,43 @@ class LensClient(CollectionCalls, ClassifyCalls):
         except grpc.RpcError as e:
             raise LensClientError.from_rpc(e) from None
         return codec.model_dict(info)
+
+    @rpc_errors
+    def deploy(self, name: str, version: int = 0, *, keep_collections: bool = False) -> dict:
+        """Makes `version` (0: the newest) the one `name` serves, with no failed request;
+        collections pinned to the previous version are re-indexed in the background unless
+        `keep_collections`. Returns the versions, timings and the collections re-indexing."""
+        request = models_pb2.DeployRequest(
+            name=name, version=version, keep_collections=keep_collections
+        )
+        return codec.deploy_dict(self._models.Deploy(request, timeout=self.timeout))
+
+    @rpc_errors
+    def rollback(self, name: str, *, keep_collections: bool = False) -> dict:
+        """Deploys again the version that served before the current one."""
+        request = models_pb2.RollbackRequest(name=name, keep_collections=keep_collections)
+        return codec.deploy_dict(self._models.Rollback(request, timeout=self.timeout))
+
+    @rpc_errors
+    def load_model(self, model: str) -> dict[str, Any]:
+        """Loads `NAME[:VERSION]` (default: the newest version) beside the loaded ones."""
+        ref = codec.parse_model(model)
+        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        return codec.model_dict(self._models.LoadModel(request, timeout=self.timeout))
+
+    @rpc_errors
+    def unload_model(self, model: str) -> dict[str, Any]:
+        """Unloads `NAME:VERSION` (or every version of NAME) once its requests finish."""
+        ref = codec.parse_model(model)
+        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        return codec.model_dict(self._models.UnloadModel(request, timeout=self.timeout))
+
+    @rpc_errors
+    def reload_models(self) -> list[dict[str, Any]]:
+        """Has the server read its repository now; returns the models as `models()` does."""
+        request = models_pb2.ReloadRepositoryRequest()
+        response = self._models.ReloadRepository(request, timeout=self.timeout)
+        return [codec.model_dict(m) for m in response.models]
 
     def healthy(self, service: str = "") -> bool:
         """Whether the server answers SERVING to the standard gRPC health check."""

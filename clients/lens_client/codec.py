@@ -162,6 +162,17 @@ def join(parts: Sequence[Embeddings]) -> Embeddings:
     return Embeddings(np.concatenate([p.vectors for p in parts]), parts[0].model, parts[0].version)
 
 
+def deploy_dict(response: models_pb2.DeployResponse) -> dict[str, Any]:
+    return {
+        "model": response.model.name,
+        "version": response.version,
+        "previous_version": response.previous_version,
+        "reindexing": list(response.reindexing),
+        "load_seconds": response.load_seconds,
+        "swap_seconds": response.swap_seconds,
+    }
+
+
 def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
     """ModelInfo → plain data (for JSON and for Python callers)."""
     return {
@@ -172,7 +183,10 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
             common_pb2.Modality.Name(m).removeprefix("MODALITY_").lower() for m in info.modalities
         ],
         "serving_version": info.serving_version,
+        "previous_version": info.previous_version,
         "default": info.is_default,
+        "memory_bytes": info.memory_bytes,
+        "memory_budget_bytes": info.memory_budget_bytes,
         "versions": [
             {
                 "version": v.version,
@@ -184,6 +198,8 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
                 "source": v.source,
                 "image_parity": v.image_parity,
                 "text_parity": v.text_parity,
+                "memory_bytes": v.memory_bytes,
+                "in_flight": v.in_flight,
             }
             for v in info.versions
         ],

@@ -74,6 +74,13 @@ class CollectionCalls:
         self._index.DropCollection(index_pb2.CollectionRequest(name=name), timeout=self.timeout)
 
     @rpc_errors
+    def reindex_collection(self, name: str, version: int = 0) -> dict[str, Any]:
+        """Re-embeds the collection with another version of its model (0: the serving one),
+        in the background; `describe_collection(name)["reindex"]` shows the progress."""
+        request = index_pb2.ReindexRequest(name=name, version=version)
+        return collection_dict(self._index.Reindex(request, timeout=self.timeout))
+
+    @rpc_errors
     def upsert(
         self,
         collection: str,
@@ -227,6 +234,15 @@ def collection_dict(info: index_pb2.CollectionInfo) -> dict[str, Any]:
         "seq": info.seq,
         "snapshot_seq": info.snapshot_seq,
         "rebuilding": info.rebuilding,
+        "reindex": {
+            "model": info.reindex.target.name,
+            "version": info.reindex.target.version,
+            "done": info.reindex.done,
+            "total": info.reindex.total,
+            "error": info.reindex.error,
+        }
+        if info.HasField("reindex")
+        else None,
     }
 
 

@@ -4,8 +4,9 @@ Writes go to SQLite first (durable when `upsert` returns), then to the in-memory
 under one write lock so the index applies them in log order. Snapshots serialise the index
 with the log sequence number it holds, to `index-<seq>.faiss` through a temporary file and a
 rename; opening a collection loads the newest snapshot and replays the log after it, so a crash
-at any point loses nothing acknowledged and duplicates nothing. All methods block: the server
-calls them from worker threads.
+at any point loses nothing acknowledged and duplicates nothing. Re-indexing with another
+model version (`begin_reindex` … `finish_reindex`) is mixed in from `shadow`. All methods
+block: the server calls them from worker threads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from server.collections.faiss_index import METRICS, IndexConfig, VectorIndex
+from server.collections.shadow import Reindexing, Shadow, VersionChanged, check_queries
 from server.collections.store import ItemStore, NewItem, StoredRow
 from server.errors import InvalidInput
 
@@ -66,7 +68,7 @@ class Hit:
     metadata: str
 
 
-class Collection:
+class Collection(Reindexing):
     # A snapshot is written after this many logged writes (and at close).
     SNAPSHOT_EVERY = 20_000
     # HNSW is rebuilt when tombstones exceed this share of its vectors.
@@ -74,10 +76,12 @@ class Collection:
 
     def __init__(self, folder: Path, spec: CollectionSpec) -> None:
         self.folder = folder
-        self.spec = spec
         self.store = ItemStore(folder / DATABASE, spec.dim)
+        self._shadow: Shadow | None = None
+        self.spec = self._restore(spec)  # the database's model version wins (crash in a swap)
         self._write = threading.Lock()  # store write + index apply, in log order
         self._read = threading.Lock()  # the index itself (FAISS is not thread-safe to mutate)
+        self._deciding = threading.Lock()  # starting a rebuild vs. swapping in a re-index
         self._rebuilding: threading.Thread | None = None
         self._snapshotting = threading.Lock()
         self.snapshot_seq, self.snapshot_time = 0, 0.0
@@ -154,31 +158,49 @@ class Collection:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def upsert(self, items: Sequence[NewItem]) -> int:
-        """Stores `items` (durable on return) and indexes them; the seq after the write."""
+    def upsert(
+        self,
+        items: Sequence[NewItem],
+        next_vectors: tuple[int, np.ndarray] | None = None,
+        version: int | None = None,
+    ) -> int:
+        """Stores `items` (durable on return) and indexes them; the seq after the write.
+
+        `version`: the model version the items' vectors come from, if known. While
+        re-indexing, `next_vectors` (the target version, the items' (n, dim) vectors from it)
+        keep the shadow in step (see `Reindexing._route`).
+        """
         for i, item in enumerate(items):
             if not item.id:
                 raise InvalidInput(f"item {i}: id is empty")
         vectors = self._prepare(np.stack([item.vector for item in items]))
-        items = [
-            NewItem(it.id, v, it.metadata, it.source_kind, it.source)
-            for it, v in zip(items, vectors, strict=True)
-        ]
         with self._write:
-            removed, added, seq = self.store.upsert(items)
+            vectors, shadow_vectors = self._route(items, vectors, version, next_vectors)
+            written = self.store.upsert(
+                [
+                    NewItem(it.id, v, it.metadata, it.source_kind, it.source)
+                    for it, v in zip(items, vectors, strict=True)
+                ],
+                shadow_vectors,
+            )
+            kept = written.kept()
             with self._read:
-                self.index.remove(removed)
-                self.index.add(np.array(added, np.int64), vectors)
-        self._after_write(seq)
-        return seq
+                self.index.remove(written.not_added(written.removed))
+                self.index.add(np.array(written.added, np.int64)[kept], vectors[kept])
+            if self._shadow is not None:
+                self._shadow.apply(written, shadow_vectors)
+        self._after_write(written.seq)
+        return written.seq
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._write:
-            removed, seq = self.store.delete(ids)
+            written = self.store.delete(ids)
             with self._read:
-                self.index.remove(removed)
-        self._after_write(seq)
-        return len(removed)
+                self.index.remove(written.removed)
+            if self._shadow is not None:
+                self._shadow.apply(written, None)
+        self._after_write(written.seq)
+        return len(written.removed)
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -223,36 +245,46 @@ class Collection:
         if not self._rebuilding:
             self.store.prune_log(seq)
 
+    def _drop_snapshots(self) -> None:
+        """Deletes every snapshot, durably (they hold vectors a re-index is replacing)."""
+        for old in self.folder.glob("index-*.faiss"):
+            old.unlink()
+        _fsync_dir(self.folder)
+
     def _maybe_rebuild(self) -> None:
         """Starts a background rebuild when the index no longer fits the collection: `auto`
         outgrew its type, IVF-PQ has enough vectors to train (or outgrew its lists), or HNSW
         holds too many tombstones."""
-        if self._rebuilding:
-            return
-        config, index, live = self.spec.index, self.index, self.index.live
-        target = config.target(live)
-        if target == "ivf-pq" and live < config.min_train(live):
-            target = "flat"  # exact until there is enough to train on
-        wants = target != index.kind
-        if index.kind == "hnsw":
-            wants |= len(index.tombstones) > self.MAX_TOMBSTONES * max(index.ntotal, 1)
-        if index.kind == "ivf-pq" and not config.ivf_nlist:
-            wants |= config.nlist(live) > 2 * index.nlist
-        if wants:
-            self._rebuilding = threading.Thread(
-                target=self._rebuild,
-                args=(target,),
-                name=f"rebuild-{self.spec.name}",
-                daemon=True,
-            )
-            self._rebuilding.start()
+        with self._deciding:  # not while a re-index swaps
+            if self._rebuilding:
+                return
+            config, index, live = self.spec.index, self.index, self.index.live
+            target = config.target(live)
+            if target == "ivf-pq" and live < config.min_train(live):
+                target = "flat"  # exact until there is enough to train on
+            wants = target != index.kind
+            if index.kind == "hnsw":
+                wants |= len(index.tombstones) > self.MAX_TOMBSTONES * max(index.ntotal, 1)
+            if index.kind == "ivf-pq" and not config.ivf_nlist:
+                wants |= config.nlist(live) > 2 * index.nlist
+            if wants:
+                self._rebuilding = threading.Thread(
+                    target=self._rebuild,
+                    args=(target,),
+                    name=f"rebuild-{self.spec.name}",
+                    daemon=True,
+                )
+                self._rebuilding.start()
 
     def _rebuild(self, kind: str) -> None:
         """Builds a new index beside the serving one, catches up with the log, swaps."""
         try:
-            start = self.store.seq()
+            start, spec = self.store.seq(), self.spec
             fresh = self._build(kind)
             with self._write:
+                if self.spec is not spec:  # a re-index swapped in other vectors meanwhile
+                    log.info("collection %s: rebuild as %s superseded", spec.name, kind)
+                    return
                 fresh.tombstones = self._replay(fresh, start, set(fresh.rows().tolist()))
                 with self._read:
                     self.index = fresh
@@ -284,16 +316,19 @@ class Collection:
         k: int,
         filter_: dict[str, Any] | None = None,
         exact: bool = False,
+        version: int | None = None,
     ) -> list[list[Hit]]:
-        """The k nearest items of each query (n, dim), closest first."""
+        """The k nearest items of each query (n, dim), closest first. `version`: the model
+        version the queries come from (VersionChanged if the collection swapped meanwhile)."""
         queries = self._prepare(queries)
         allowed = self.store.matching(filter_) if filter_ else None
         if allowed is not None and not len(allowed):
             return [[] for _ in queries]
         if exact:
-            scores, rows = self._exact(queries, k, allowed)
+            scores, rows = self._exact(queries, k, allowed, version)
         else:
             with self._read:
+                check_queries(self.spec, queries, version)
                 scores, rows = self.index.search(queries, k, allowed)
         found = self.store.by_rows(np.unique(rows[rows >= 0]).tolist())
         return [
@@ -306,22 +341,23 @@ class Collection:
         ]
 
     def _exact(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, version: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over every stored vector, streamed from SQLite (O(N) per call)."""
-        flat = VectorIndex.build(
-            "flat",
-            self.spec.dim,
-            self.spec.metric,
-            self.spec.index,
-            np.empty((0, self.spec.dim), np.float32),
-        )
+        spec = self.spec
+        check_queries(spec, queries, version)
+        empty = np.empty((0, spec.dim), np.float32)
+        flat = VectorIndex.build("flat", spec.dim, spec.metric, spec.index, empty)
         keep = None if allowed is None else set(allowed.tolist())
         for rows, vectors in self.store.scan():
             if keep is not None:
                 mask = np.fromiter((r in keep for r in rows.tolist()), bool, len(rows))
                 rows, vectors = rows[mask], vectors[mask]
+            if vectors.shape[1] != spec.dim:
+                raise VersionChanged(f"collection {spec.name} swapped model versions meanwhile")
             flat.add(rows, vectors)
+        if self.spec is not spec:  # swapped during the scan: some vectors may be new ones
+            raise VersionChanged(f"collection {spec.name} swapped model versions meanwhile")
         return flat.search(queries, k)
 
     def duplicates(self, threshold: float, max_pairs: int) -> list[tuple[str, str, float]]:
@@ -330,6 +366,8 @@ class Collection:
         pairs: list[tuple[float, int, int]] = []
         for rows, vectors in self.store.scan(batch=4096):
             with self._read:
+                if vectors.shape[1] != self.spec.dim:
+                    raise VersionChanged(f"collection {self.spec.name} swapped versions meanwhile")
                 limits, scores, hits = self.index.index.range_search(
                     np.ascontiguousarray(vectors), threshold
                 )
@@ -355,6 +393,7 @@ class Collection:
             "snapshot_time": self.snapshot_time,
             "seq": self.store.seq(),
             "rebuilding": self._rebuilding is not None,
+            "reindex": self.reindexing,
         }
 
 

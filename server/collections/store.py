@@ -6,6 +6,11 @@ An upsert of an existing id deletes the old row and inserts a new one, so a row 
 never reused. `log` records every row added or removed, in write order (`seq`); the FAISS
 index is a snapshot up to some `seq` plus the log after it. Commits are synchronous
 (`synchronous=FULL`): once `upsert` returns, the items survive a crash or a power cut.
+
+While the collection is re-indexed with another model version, `next_vectors` holds that
+version's vector of every live row re-embedded so far (never of a removed row), and `meta`
+the target (`next`); the swap replaces every item's vector by its next one and records the
+version the vectors now come from (`current`) in one transaction.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,6 +41,14 @@ CREATE TABLE IF NOT EXISTS log (
     op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
     row INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS next_vectors (
+    row INTEGER PRIMARY KEY,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 # SQLite limits host parameters per statement; look ids up in chunks.
@@ -51,6 +64,27 @@ class NewItem:
     metadata: str
     source_kind: str  # "image", "text" or "vector"
     source: bytes | None
+
+
+class Written(NamedTuple):
+    """What one write did: rows removed and added, the seq after it, and the removed rows
+    that had a next-version vector (while re-indexing)."""
+
+    removed: list[int]
+    added: list[int]
+    seq: int
+    removed_next: list[int]
+
+    # An id given twice in one write adds a row and removes it again: no index holds it.
+    def kept(self) -> list[int]:
+        """Positions in `added` of the rows this write did not remove again."""
+        removed = set(self.removed)
+        return [i for i, row in enumerate(self.added) if row not in removed]
+
+    def not_added(self, removed: list[int]) -> list[int]:
+        """The rows of `removed` this write did not add (those an index holds)."""
+        added = set(self.added)
+        return [row for row in removed if row not in added]
 
 
 @dataclass(frozen=True)
@@ -92,20 +126,15 @@ class ItemStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def upsert(self, items: Sequence[NewItem]) -> tuple[list[int], list[int], int]:
-        """Stores `items` in one transaction, replacing those whose id exists.
-
-        Returns (rows removed, rows added, seq after the write).
-        """
-        removed: list[int] = []
-        added: list[int] = []
+    def upsert(self, items: Sequence[NewItem], next_vectors: np.ndarray | None = None) -> Written:
+        """Stores `items` in one transaction, replacing those whose id exists, with their
+        next-version vectors `next_vectors` (n, next dim) if given (while re-indexing)."""
+        written = Written([], [], 0, [])
         with self._lock, self._transaction():
-            for item in items:
+            for i, item in enumerate(items):
                 old = self._db.execute("SELECT row FROM items WHERE id = ?", (item.id,)).fetchone()
                 if old:
-                    self._db.execute("DELETE FROM items WHERE row = ?", old)
-                    self._db.execute("INSERT INTO log (op, row) VALUES ('remove', ?)", old)
-                    removed.append(old[0])
+                    self._remove(old[0], written)
                 cursor = self._db.execute(
                     "INSERT INTO items (id, vector, metadata, source_kind, source) "
                     "VALUES (?, ?, ?, ?, ?)",
@@ -113,25 +142,33 @@ class ItemStore:
                 )
                 row = int(cursor.lastrowid or 0)
                 self._db.execute("INSERT INTO log (op, row) VALUES ('add', ?)", (row,))
-                added.append(row)
-            seq = self._seq()
-        return removed, added, seq
+                written.added.append(row)
+                if next_vectors is not None:
+                    self._db.execute(
+                        "INSERT INTO next_vectors (row, vector) VALUES (?, ?)",
+                        (row, _blob(next_vectors[i])),
+                    )
+            return written._replace(seq=self._seq())
 
-    def delete(self, ids: Sequence[str]) -> tuple[list[int], int]:
-        """Removes the items with these ids; returns (rows removed, seq after the write)."""
-        removed: list[int] = []
+    def delete(self, ids: Sequence[str]) -> Written:
+        """Removes the items with these ids."""
+        written = Written([], [], 0, [])
         with self._lock, self._transaction():
+            rows: list[int] = []
             for chunk in _chunks(list(dict.fromkeys(ids))):
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT row FROM items WHERE id IN ({marks})", chunk
-                ).fetchall()
-                removed.extend(r[0] for r in rows)
-            for row in removed:
-                self._db.execute("DELETE FROM items WHERE row = ?", (row,))
-                self._db.execute("INSERT INTO log (op, row) VALUES ('remove', ?)", (row,))
-            seq = self._seq()
-        return removed, seq
+                found = self._db.execute(f"SELECT row FROM items WHERE id IN ({marks})", chunk)
+                rows.extend(r[0] for r in found)
+            for row in rows:
+                self._remove(row, written)
+            return written._replace(seq=self._seq())
+
+    def _remove(self, row: int, written: Written) -> None:
+        self._db.execute("DELETE FROM items WHERE row = ?", (row,))
+        self._db.execute("INSERT INTO log (op, row) VALUES ('remove', ?)", (row,))
+        written.removed.append(row)
+        if self._db.execute("DELETE FROM next_vectors WHERE row = ?", (row,)).rowcount:
+            written.removed_next.append(row)
 
     def prune_log(self, upto: int) -> None:
         """Forgets log entries a durable snapshot already holds."""
@@ -191,21 +228,24 @@ class ItemStore:
                         f"SELECT row, vector FROM items WHERE row IN ({marks})", chunk
                     ).fetchall()
                 )
-        return self._matrix(found)
+        return _matrix(found, self.dim)
 
     def scan(self, batch: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every (rows, vectors) of the collection, in row order, `batch` at a time."""
+        return self._scan("items", self.dim, batch)
+
+    def _scan(self, table: str, dim: int, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = 0
         while True:
             with self._lock:
                 found = self._db.execute(
-                    "SELECT row, vector FROM items WHERE row > ? ORDER BY row LIMIT ?",
+                    f"SELECT row, vector FROM {table} WHERE row > ? ORDER BY row LIMIT ?",
                     (last, batch),
                 ).fetchall()
             if not found:
                 return
             last = found[-1][0]
-            yield self._matrix(found)
+            yield _matrix(found, dim)
 
     def matching(self, filter_: dict[str, Any]) -> np.ndarray:
         """Rows whose metadata match `filter_` (key → value, or key → {"in": [values]})."""
@@ -248,6 +288,94 @@ class ItemStore:
                     found[id_] = (kind, source)
         return found
 
+    # -- the next model version (re-indexing) ------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """`current`: the model version of the vectors (once a re-index swapped); `next`: the
+        re-index target."""
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
+
+    def begin_next(self, target: str) -> None:
+        """Records the re-index target, forgetting every next-version vector."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM next_vectors")
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next', ?)", (target,)
+            )
+
+    def cancel_next(self) -> None:
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM next_vectors")
+            self._db.execute("DELETE FROM meta WHERE key = 'next'")
+
+    def progress_next(self) -> tuple[int, int]:
+        """(live rows that have a next-version vector, live rows)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM next_vectors), (SELECT COUNT(*) FROM items)"
+            ).fetchone()
+
+    def count_kind(self, source_kind: str) -> int:
+        with self._lock:
+            sql = "SELECT COUNT(*) FROM items WHERE source_kind = ?"
+            return int(self._db.execute(sql, (source_kind,)).fetchone()[0])
+
+    def pending_next(self, after: int, limit: int) -> list[tuple[int, str, bytes | None]]:
+        """(row, source kind, source) of live rows after `after` lacking a next-version vector,
+        in row order."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT items.row, items.source_kind, items.source FROM items "
+                "LEFT JOIN next_vectors ON next_vectors.row = items.row "
+                "WHERE items.row > ? AND next_vectors.row IS NULL ORDER BY items.row LIMIT ?",
+                (after, limit),
+            ).fetchall()
+
+    def put_next(self, rows: np.ndarray, vectors: np.ndarray) -> list[int]:
+        """Stores next-version `vectors` (n, next dim) of `rows` that are live and lack one;
+        returns the positions in `rows` stored."""
+        stored: list[int] = []
+        with self._lock, self._transaction():
+            for i, row in enumerate(rows.tolist()):
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO next_vectors (row, vector) "
+                    "SELECT row, ? FROM items WHERE row = ?",
+                    (_blob(vectors[i]), row),
+                )
+                if cursor.rowcount:
+                    stored.append(i)
+        return stored
+
+    def scan_next(self, dim: int, batch: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (rows, next-version vectors (n, dim)), in row order."""
+        return self._scan("next_vectors", dim, batch)
+
+    def swap_next(self, current: str, dim: int, before_commit: Callable[[], None]) -> bool:
+        """In one transaction: every item's vector becomes its next-version one (of `dim`), the
+        next ones are dropped, `current` is recorded; `before_commit` runs last (an error in it
+        rolls back). False, changing nothing, if a live row lacks a next-version vector."""
+        with self._lock:
+            with self._transaction():
+                missing = self._db.execute(
+                    "SELECT 1 FROM items WHERE row NOT IN (SELECT row FROM next_vectors) LIMIT 1"
+                ).fetchone()
+                if missing:
+                    return False
+                self._db.execute(
+                    "UPDATE items SET vector = "
+                    "(SELECT vector FROM next_vectors WHERE next_vectors.row = items.row)"
+                )
+                self._db.execute("DELETE FROM next_vectors")
+                self._db.execute("DELETE FROM meta WHERE key = 'next'")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('current', ?)", (current,)
+                )
+                before_commit()
+            self.dim = dim
+        return True
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _seq(self) -> int:
@@ -259,13 +387,6 @@ class ItemStore:
 
     def _stored(self, r: tuple) -> StoredRow:
         return StoredRow(r[0], r[1], np.frombuffer(r[2], "<f4").copy(), r[3], r[4])
-
-    def _matrix(self, found: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.array([r for r, _ in found], dtype=np.int64)
-        if not found:
-            return rows, np.empty((0, self.dim), np.float32)
-        data = b"".join(v for _, v in found)
-        return rows, np.frombuffer(data, "<f4").reshape(len(found), self.dim).copy()
 
 
 class _Transaction:
@@ -279,6 +400,14 @@ class _Transaction:
 
     def __exit__(self, kind: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def _matrix(found: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.array([r for r, _ in found], dtype=np.int64)
+    if not found:
+        return rows, np.empty((0, dim), np.float32)
+    data = b"".join(v for _, v in found)
+    return rows, np.frombuffer(data, "<f4").reshape(len(found), dim).copy()
 
 
 def _blob(vector: np.ndarray) -> bytes:

@@ -1,6 +1,6 @@
 """The model repository: `<repo>/<model>/<version>/` folders, each described by a manifest."""
 
 from server.repository.manifest import ImageSpec, Manifest, TextSpec
-from server.repository.store import Repository
+from server.repository.store import Deployed, Repository
 
-__all__ = ["ImageSpec", "Manifest", "Repository", "TextSpec"]
+__all__ = ["Deployed", "ImageSpec", "Manifest", "Repository", "TextSpec"]

@@ -185,6 +185,16 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             )
 
 
+def parity_failures(manifest: Manifest) -> list[str]:
+    """The towers whose recorded parity is below the threshold it had to reach, described."""
+    failures = []
+    for tower, figures in sorted(manifest.parity.items()):
+        cosine, threshold = figures.get("min_cosine"), figures.get("threshold")
+        if cosine is not None and threshold is not None and cosine < threshold:
+            failures.append(f"{tower} min cosine {cosine:.6f} < {threshold}")
+    return failures
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -7,12 +7,14 @@ complete, so a reader never sees half a version and a failed export leaves nothi
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +22,31 @@ from server.errors import InvalidInput, NotFound, available
 from server.repository import manifest as mf
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEPLOYED = "deployed.json"
+# Deployed versions remembered per model, for rollbacks.
+HISTORY = 32
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """Which version of a model serves, and those that served before it (oldest first)."""
+
+    serving: int = 0
+    history: tuple[int, ...] = ()
+
+    @property
+    def previous(self) -> int:
+        """The version a rollback returns to; 0 if none."""
+        return self.history[-1] if self.history else 0
+
+    def deploy(self, version: int) -> Deployed:
+        if version == self.serving:
+            return self
+        history = (*self.history, self.serving) if self.serving else self.history
+        return Deployed(version, history[-HISTORY:])
+
+    def rollback(self) -> Deployed:
+        return Deployed(self.previous, self.history[:-1])
 
 
 def check_name(name: str, what: str = "model") -> str:
@@ -63,6 +90,27 @@ class Repository:
 
     def manifest(self, name: str, version: int) -> mf.Manifest:
         return mf.load(self.path(name, version))
+
+    def deployed(self, name: str) -> Deployed:
+        """The model's deploy state (`<model>/deployed.json`); empty if it was never deployed."""
+        path = self.root / name / DEPLOYED
+        try:
+            raw = json.loads(path.read_text())
+            return Deployed(int(raw["serving"]), tuple(int(v) for v in raw["history"]))
+        except FileNotFoundError:
+            return Deployed()
+        except (ValueError, KeyError, TypeError) as e:
+            raise InvalidInput(f"{path}: unreadable deploy state: {e}") from None
+
+    def save_deployed(self, name: str, state: Deployed) -> None:
+        """Writes the deploy state durably (temporary file, fsync, rename)."""
+        path = self.root / name / DEPLOYED
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"serving": state.serving, "history": list(state.history)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Path]:

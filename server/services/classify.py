@@ -12,7 +12,8 @@ from server.classifiers import (
     ClassifierSpec,
     ClassifierStore,
     check_labels,
-    few_shot_weights,
+    compute_weights,
+    saved_weights,
     scale_of,
     scores,
     templates_of,
@@ -58,18 +59,22 @@ class Classification:
                     f"classifier {spec.name!r} was made for model {spec.model!r}, not "
                     f"{request.model.name!r}"
                 )
+            labels = spec.labels
             model = self.registry.resolve(spec.model, request.model.version)
-            labels, weights = spec.labels, await self.saved_weights(spec, model)
         else:
             labels = check_labels(request.labels.labels, self.config.limits.max_labels)
             templates = templates_of(request.labels.template_set, request.labels.templates)
             model = self.registry.resolve(request.model.name, request.model.version)
-            weights = await self.inline_weights(model, labels, templates)
         top_k = request.top_k or min(5, len(labels))
         if top_k > len(labels):
             raise InvalidInput(f"top_k {top_k} is above the number of labels ({len(labels)})")
-        inputs: list[Input] = list(request.images)
-        images = await model.embed(inputs, deadline_of(context))
+        with model.lease():  # the version stays loaded until this request is done
+            if which == "saved":
+                weights = await self.saved_weights(spec, model)
+            else:
+                weights = await self.inline_weights(model, labels, templates)
+            inputs: list[Input] = list(request.images)
+            images = await model.embed(inputs, deadline_of(context))
         ranked = scores(
             images, weights, scale_of(model), top_k, request.multi_label, request.threshold
         )
@@ -103,22 +108,7 @@ class Classification:
         return weights
 
     async def saved_weights(self, spec: ClassifierSpec, model: LoadedVersion) -> np.ndarray:
-        """The classifier's weights for this model version: stored, or computed now (first
-        use with a new version) and stored."""
-        weights = self.store.weights(spec, model.version)
-        if weights is None:
-            weights = await self.compute(spec, model, self.store.examples(spec))
-            self.store.save_weights(spec, model.version, weights)
-        return weights
-
-    async def compute(
-        self, spec: ClassifierSpec, model: LoadedVersion, examples: list[list[bytes]]
-    ) -> np.ndarray:
-        if spec.kind == "zero-shot":
-            return await zero_shot_weights(model, spec.labels, spec.templates)
-        return await few_shot_weights(
-            model, examples, spec.labels, spec.templates, spec.text_weight
-        )
+        return await saved_weights(self.store, spec, model)
 
 
 class ClassifiersServicer(classifiers_pb2_grpc.ClassifiersServicer):
@@ -163,7 +153,8 @@ class ClassifiersServicer(classifiers_pb2_grpc.ClassifiersServicer):
             raise InvalidInput("give zero_shot labels or few_shot examples")
         if spec.name in self.store.names():
             raise AlreadyExists(f"classifier {spec.name!r} already exists")
-        weights = await self.classification.compute(spec, model, examples)
+        with model.lease():
+            weights = await compute_weights(spec, model, examples)
         self.store.create(spec, examples)
         self.store.save_weights(spec, model.version, weights)
         return self._info(spec)

@@ -10,9 +10,19 @@ from typing import Any
 import numpy as np
 from lens.v1 import common_pb2, index_pb2, index_pb2_grpc
 
-from server.collections import Collection, Collections, CollectionSpec, Hit, IndexConfig, NewItem
+from server.collections import (
+    Collection,
+    Collections,
+    CollectionSpec,
+    Hit,
+    IndexConfig,
+    NewItem,
+    ReindexState,
+)
+from server.collections.collection import VersionChanged
 from server.collections.store import check_metadata
 from server.config import ServerConfig
+from server.deploy import Deployments
 from server.errors import InvalidInput
 from server.model import Input
 from server.registry import Registry
@@ -29,6 +39,8 @@ _METRIC_ENUMS = {
     "inner_product": index_pb2.METRIC_INNER_PRODUCT,
     "l2": index_pb2.METRIC_L2,
 }
+# Times a request re-embeds when its collection swaps to another model version meanwhile.
+_ATTEMPTS = 3
 _SPEC_FIELDS = (
     "hnsw_m",
     "hnsw_ef_construction",
@@ -41,9 +53,16 @@ _SPEC_FIELDS = (
 
 
 class IndexServicer(index_pb2_grpc.IndexServicer):
-    def __init__(self, collections: Collections, registry: Registry, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        collections: Collections,
+        registry: Registry,
+        deployments: Deployments,
+        config: ServerConfig,
+    ) -> None:
         self.collections = collections
         self.registry = registry
+        self.deployments = deployments
         self.config = config
 
     # -- collections -------------------------------------------------------------------------
@@ -65,8 +84,18 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
 
     @unary
     async def DropCollection(self, request, context):
+        collection = self.collections.get(request.name)
+        await self.deployments.forget(collection)
         await asyncio.to_thread(self.collections.drop, request.name)
+        if collection.spec.model:  # its version may be needed by nothing else now
+            self.deployments.retire(collection.spec.model)
         return index_pb2.DropCollectionResponse()
+
+    @unary
+    async def Reindex(self, request, context):
+        collection = self.collections.get(request.name)
+        await self.deployments.reindex(collection, request.version)
+        return await self._info(collection)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -99,15 +128,30 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             seen[item.id] = i
         metadata = [check_metadata(item.metadata_json, f"item {i}") for i, item in enumerate(items)]
         contents = [_content(item, i) for i, item in enumerate(items)]
-        vectors = await self._vectors(collection, contents, context)
-        new = [
-            NewItem(item.id, vector, meta, kind, _source(value))
-            for item, vector, meta, (kind, value) in zip(
-                items, vectors, metadata, contents, strict=True
-            )
-        ]
-        seq = await asyncio.to_thread(collection.upsert, new)
-        return index_pb2.UpsertResponse(upserted=len(new), seq=seq)
+        for attempt in range(_ATTEMPTS):
+            version, target = collection.spec.version, collection.reindexing
+            vectors = await self._vectors(collection, contents, context, version=version)
+            # While the collection re-indexes, new items are embedded with the target version
+            # too, so that the shadow keeps up with the writes.
+            following = None
+            if target is not None and self._embeds(contents):
+                following = (
+                    target.version,
+                    await self._vectors(collection, contents, context, version=target.version),
+                )
+            new = [
+                NewItem(item.id, vector, meta, kind, _source(value))
+                for item, vector, meta, (kind, value) in zip(
+                    items, vectors, metadata, contents, strict=True
+                )
+            ]
+            try:
+                seq = await asyncio.to_thread(collection.upsert, new, following, version)
+                return index_pb2.UpsertResponse(upserted=len(new), seq=seq)
+            except VersionChanged:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -131,7 +175,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
 
     @unary
     async def Search(self, request, context):
-        (hits,) = await self._search(
+        (hits,), model = await self._search(
             request.collection,
             [request.query],
             request.k,
@@ -139,12 +183,12 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             request.exact,
             context,
         )
-        return _response(hits)
+        return _response(hits, model)
 
     @unary
     async def SearchBatch(self, request, context):
         self._check_count(len(request.queries), "queries")
-        results = await self._search(
+        results, model = await self._search(
             request.collection,
             list(request.queries),
             request.k,
@@ -152,7 +196,9 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             request.exact,
             context,
         )
-        return index_pb2.SearchBatchResponse(results=[_response(hits) for hits in results])
+        return index_pb2.SearchBatchResponse(
+            results=[_response(hits, model) for hits in results], model=model
+        )
 
     @unary
     async def FindDuplicates(self, request, context):
@@ -174,7 +220,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         filter_json: str,
         exact: bool,
         context,
-    ) -> list[list[Hit]]:
+    ) -> tuple[list[list[Hit]], common_pb2.ModelRef]:
         collection = self.collections.get(name)
         if not 1 <= k <= self.config.limits.max_k:
             raise InvalidInput(f"k must be in 1..{self.config.limits.max_k}, got {k}")
@@ -187,11 +233,23 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             contents.append((kind, getattr(query, kind)))
         by_id = [i for i, (source, _) in enumerate(contents) if source == "id"]
         placeholders = [("vector", None) if i in by_id else c for i, c in enumerate(contents)]
-        vectors = await self._vectors(collection, placeholders, context, what="query")
-        if by_id:  # an item's stored vector is the query
-            ids = [contents[i][1] for i in by_id]
-            vectors[by_id] = await asyncio.to_thread(collection.vectors_of, ids)
-        return await asyncio.to_thread(collection.search, vectors, k, filter_, exact)
+        for attempt in range(_ATTEMPTS):
+            version = collection.spec.version
+            vectors = await self._vectors(
+                collection, placeholders, context, what="query", version=version
+            )
+            try:
+                if by_id:  # an item's stored vector is the query
+                    ids = [contents[i][1] for i in by_id]
+                    vectors[by_id] = await asyncio.to_thread(collection.vectors_of, ids)
+                hits = await asyncio.to_thread(
+                    collection.search, vectors, k, filter_, exact, version
+                )
+                return hits, common_pb2.ModelRef(name=collection.spec.model, version=version)
+            except VersionChanged:  # the collection swapped to another version meanwhile
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -201,12 +259,24 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         contents: list[tuple[str, Any]],
         context,
         what: str = "item",
+        version: int = 0,
     ) -> np.ndarray:
-        """Vectors for image / text / vector contents: images and texts through the pinned
-        model version (batched with other requests), vectors checked for length."""
+        """Vectors for image / text / vector contents: images and texts through `version` of
+        the collection's model (batched with other requests), vectors checked for length."""
         spec = collection.spec
-        out = np.zeros((len(contents), spec.dim), np.float32)
         embed = [i for i, (kind, _) in enumerate(contents) if kind in ("image", "text")]
+        if embed and not spec.model:
+            raise InvalidInput(
+                f"{what} {embed[0]}: collection {spec.name} holds vectors "
+                "only (it has no model to embed images or texts)"
+            )
+        if embed:
+            with self.registry.lease(spec.model, version or spec.version) as model:
+                out = np.zeros((len(contents), model.manifest.dim), np.float32)
+                inputs: list[Input] = [contents[i][1] for i in embed]
+                out[embed] = await model.embed(inputs, deadline_of(context), positions=embed)
+        else:
+            out = np.zeros((len(contents), spec.dim), np.float32)
         for i, (kind, value) in enumerate(contents):
             if kind == "vector" and value is not None:
                 if len(value.values) != spec.dim:
@@ -215,16 +285,11 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                         f"collection {spec.name} has dim {spec.dim}"
                     )
                 out[i] = value.values
-        if embed:
-            if not spec.model:
-                raise InvalidInput(
-                    f"{what} {embed[0]}: collection {spec.name} holds vectors "
-                    "only (it has no model to embed images or texts)"
-                )
-            model = self.registry.resolve(spec.model, spec.version)
-            inputs: list[Input] = [contents[i][1] for i in embed]
-            out[embed] = await model.embed(inputs, deadline_of(context), positions=embed)
         return out
+
+    @staticmethod
+    def _embeds(contents: list[tuple[str, Any]]) -> bool:
+        return any(kind in ("image", "text") for kind, _ in contents)
 
     def _check_count(self, count: int, what: str) -> None:
         limit = self.config.limits.max_inputs_per_request
@@ -264,7 +329,18 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             index=index_pb2.IndexSpec(
                 type=index.type, **{f: getattr(index, f) for f in _SPEC_FIELDS}
             ),
+            reindex=self._progress(collection, state.pop("reindex")),
             **state,
+        )
+
+    def _progress(self, collection: Collection, state: ReindexState | None):
+        if state is None:
+            return None
+        return index_pb2.ReindexProgress(
+            target=common_pb2.ModelRef(name=state.model, version=state.version),
+            done=state.done,
+            total=state.total,
+            error=self.deployments.errors.get(collection.spec.name, ""),
         )
 
 
@@ -295,9 +371,10 @@ def _filter(raw: str) -> dict[str, Any] | None:
     return value
 
 
-def _response(hits: list[Hit]) -> index_pb2.SearchResponse:
+def _response(hits: list[Hit], model: common_pb2.ModelRef) -> index_pb2.SearchResponse:
     return index_pb2.SearchResponse(
-        hits=[index_pb2.Hit(id=h.id, score=h.score, metadata_json=h.metadata) for h in hits]
+        hits=[index_pb2.Hit(id=h.id, score=h.score, metadata_json=h.metadata) for h in hits],
+        model=model,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 
 import grpc
 import numpy as np
@@ -11,7 +12,7 @@ from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 from server.config import ServerConfig
 from server.errors import InvalidInput
-from server.model import Input
+from server.model import Input, LoadedVersion
 from server.registry import Registry
 from server.services.classify import Classification
 from server.services.status import deadline_of, streaming, unary
@@ -49,15 +50,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         requests: AsyncIterator[inference_pb2.EmbedRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[inference_pb2.EmbedResponse]:
-        # Up to `stream_window` requests run at once; responses leave in request order.
+        # Up to `stream_window` requests run at once; responses leave in request order. The
+        # whole stream is served by the versions its first requests resolved to (held until
+        # it ends), so a deploy in the middle of a job does not split it across versions.
         window = asyncio.Semaphore(self.config.stream_window)
         pending: asyncio.Queue[asyncio.Task[inference_pb2.EmbedResponse] | None] = asyncio.Queue()
+        held = ExitStack()
+        pinned: dict[tuple[str, int], LoadedVersion] = {}
 
         async def read() -> None:
             try:
                 async for request in requests:
                     await window.acquire()
-                    await pending.put(asyncio.create_task(self._embed(request, context)))
+                    ref = (request.model.name, request.model.version)
+                    if ref not in pinned:
+                        pinned[ref] = held.enter_context(self.registry.lease(*ref))
+                    task = asyncio.create_task(self._embed(request, context, pinned[ref]))
+                    await pending.put(task)
             finally:
                 pending.put_nowait(None)
 
@@ -73,13 +82,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             while not pending.empty():
                 if (task := pending.get_nowait()) is not None:
                     task.cancel()
+            held.close()
 
     async def _embed(
-        self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+        self,
+        request: inference_pb2.EmbedRequest,
+        context: grpc.aio.ServicerContext,
+        pinned: LoadedVersion | None = None,
     ) -> inference_pb2.EmbedResponse:
         inputs = self._inputs(request)
-        model = self.registry.resolve(request.model.name, request.model.version)
-        vectors = await model.embed(inputs, deadline_of(context))
+        if pinned is None:
+            with self.registry.lease(request.model.name, request.model.version) as model:
+                vectors = await model.embed(inputs, deadline_of(context))
+        else:
+            model = pinned
+            vectors = await model.embed(inputs, deadline_of(context))
         return inference_pb2.EmbedResponse(
             model=model.name, version=model.version, embeddings=to_matrix(vectors)
         )

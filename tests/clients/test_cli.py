@@ -105,7 +105,7 @@ def test_models_and_health(server):
     listed = lens("models", "--server", server.address)
     assert listed.returncode == 0
     assert "tiny (default): clip, dim 32, image+text, serving version 1" in listed.stdout
-    as_json = json.loads(lens("models", "tiny", "--json", "--server", server.address).stdout)
+    as_json = json.loads(lens("models", "ls", "tiny", "--json", "--server", server.address).stdout)
     assert as_json[0]["versions"][0]["state"] == "serving"
     assert lens("health", "--server", server.address).returncode == 0
 

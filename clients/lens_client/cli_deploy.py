@@ -1,0 +1,122 @@
+"""`lens models ...`, `lens deploy`, `lens rollback`: what the server serves, and changing it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from lens_client import codec
+from lens_client.cli_common import Server, app, connect, models_app
+
+KeepCollections = Annotated[
+    bool,
+    typer.Option(
+        "--keep-collections",
+        help="Leave the collections on the previous version (it stays loaded for them) "
+        "instead of re-indexing them with the new one.",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context, server: Server = codec.DEFAULT_SERVER, as_json: AsJson = False
+) -> None:
+    """List the server's models and their versions (as `lens models ls`)."""
+    if ctx.invoked_subcommand is None:
+        models_ls(None, server, as_json)
+
+
+@models_app.command("ls")
+def models_ls(
+    name: Annotated[str | None, typer.Argument(help="One model; default: all.")] = None,
+    server: Server = codec.DEFAULT_SERVER,
+    as_json: AsJson = False,
+) -> None:
+    """List the server's models and their versions, with their state."""
+    with connect(server) as client:
+        found = [client.get_model(name)] if name else client.models()
+    _print_models(found, as_json)
+
+
+@models_app.command("load")
+def models_load(
+    model: Annotated[str, typer.Argument(help="NAME[:VERSION]; default version: the newest.")],
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Load and warm up a version beside the loaded ones (requests naming it get it)."""
+    with connect(server) as client:
+        _print_models([client.load_model(model)], False)
+
+
+@models_app.command("unload")
+def models_unload(
+    model: Annotated[str, typer.Argument(help="NAME:VERSION, or NAME for every version.")],
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Unload a version once its requests in flight have finished."""
+    with connect(server) as client:
+        _print_models([client.unload_model(model)], False)
+
+
+@models_app.command("reload")
+def models_reload(server: Server = codec.DEFAULT_SERVER, as_json: AsJson = False) -> None:
+    """Have the server read its repository now (new models and versions, changed files)."""
+    with connect(server) as client:
+        _print_models(client.reload_models(), as_json)
+
+
+@app.command()
+def deploy(
+    name: Annotated[str, typer.Argument(help="The model.")],
+    version: Annotated[int, typer.Argument(help="The version to serve; 0: the newest.")] = 0,
+    keep_collections: KeepCollections = False,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Serve another version of a model with no failed request; collections follow."""
+    with connect(server, timeout=600) as client:
+        _print_deploy(client.deploy(name, version, keep_collections=keep_collections))
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="The model.")],
+    keep_collections: KeepCollections = False,
+    server: Server = codec.DEFAULT_SERVER,
+) -> None:
+    """Serve again the version that served before the current one."""
+    with connect(server, timeout=600) as client:
+        _print_deploy(client.rollback(name, keep_collections=keep_collections))
+
+
+def _print_deploy(result: dict[str, Any]) -> None:
+    load = f"loaded in {result['load_seconds']:.2f} s, " if result["load_seconds"] else ""
+    typer.echo(
+        f"{result['model']}: version {result['version']} serving "
+        f"(was {result['previous_version'] or 'none'}; {load}"
+        f"switched in {1000 * result['swap_seconds']:.2f} ms)"
+    )
+    for name in result["reindexing"]:
+        typer.echo(f"  collection {name}: re-indexing (lens index describe {name})")
+
+
+def _print_models(found: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    for model in found:
+        default = " (default)" if model["default"] else ""
+        previous = model["previous_version"]
+        typer.echo(
+            f"{model['name']}{default}: {model['kind']}, dim {model['dim']}, "
+            f"{'+'.join(model['modalities'])}, serving version {model['serving_version']}"
+            + (f" (rollback to {previous})" if previous else "")
+        )
+        for v in model["versions"]:
+            reason = f": {v['reason']}" if v["reason"] else ""
+            on = f" on {', '.join(v['providers'])}" if v["providers"] else ""
+            held = f", {v['memory_bytes'] / 2**20:.1f} MiB" if v["memory_bytes"] else ""
+            typer.echo(f"  version {v['version']}: {v['state']}{on}{held}  [{v['source']}]{reason}")
