@@ -9,6 +9,10 @@ request was cancelled or whose deadline has passed are dropped before they reach
 Every submitted input is resolved: with its output row, with the tower's error (sent to every
 input of the failing batch), with DeadlineExceeded, or with Unavailable when the batcher
 closes. A request that would overflow the queue is refused whole with Overloaded.
+
+Background work (a collection re-embedding its items after a deploy) waits in a queue of its
+own and only fills batches that requests leave room in, so it never delays a request by more
+than the one batch already running.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Batcher:
         self.stats = BatchStats()
         self._run_fn = run
         self._queue: deque[_Item] = deque()
+        self._background: deque[_Item] = deque()
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(config.instances)
         self._executor = ThreadPoolExecutor(config.instances, thread_name_prefix=f"run-{name}")
@@ -72,24 +77,28 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._background)
 
-    async def submit(self, rows: list[np.ndarray], deadline: float | None = None) -> np.ndarray:
+    async def submit(
+        self, rows: list[np.ndarray], deadline: float | None = None, background: bool = False
+    ) -> np.ndarray:
         """Runs `rows` (each one input) through the tower; returns (len(rows), dim) in order.
 
         `deadline` is a `time.monotonic()` time after which the inputs are not worth running.
+        `background` inputs run only in room that requests leave in batches.
         """
         if self._closed:
             raise Unavailable(f"{self.name} is shutting down")
+        queue = self._background if background else self._queue
         limit = self.config.max_queue_size
-        if len(self._queue) + len(rows) > limit:
+        if len(queue) + len(rows) > limit:
             raise Overloaded(
-                f"{self.name}: queue full ({len(self._queue)} of {limit} inputs waiting, "
+                f"{self.name}: queue full ({len(queue)} of {limit} inputs waiting, "
                 f"this request adds {len(rows)}); retry later"
             )
         loop = asyncio.get_running_loop()
         items = [_Item(row, loop.create_future(), deadline) for row in rows]
-        self._queue.extend(items)
+        queue.extend(items)
         self._arrived.set()
         try:
             outputs = await asyncio.gather(*(item.future for item in items))
@@ -110,7 +119,7 @@ class Batcher:
     async def _loop(self) -> None:
         try:
             while True:
-                if not self._queue:
+                if not self.queued:
                     if self._closed:
                         return
                     self._arrived.clear()
@@ -135,8 +144,9 @@ class Batcher:
     async def _gather_batch(self) -> None:
         """Waits until a full batch is queued or the oldest input has waited long enough."""
         delay = self.config.max_queue_delay_ms / 1000
-        while len(self._queue) < self.config.max_batch_size and not self._closed:
-            remaining = self._queue[0].enqueued + delay - time.monotonic()
+        while self.queued < self.config.max_batch_size and not self._closed:
+            oldest = (self._queue or self._background)[0]
+            remaining = oldest.enqueued + delay - time.monotonic()
             if remaining <= 0:
                 return
             self._arrived.clear()
@@ -149,8 +159,8 @@ class Batcher:
         """Pops up to `max_batch_size` live inputs; resolves the dead ones on the way."""
         batch: list[_Item] = []
         now = time.monotonic()
-        while self._queue and len(batch) < self.config.max_batch_size:
-            item = self._queue.popleft()
+        while self.queued and len(batch) < self.config.max_batch_size:
+            item = (self._queue or self._background).popleft()
             if item.future.done():  # the request was cancelled or already failed
                 self.stats.dropped += 1
             elif item.deadline is not None and item.deadline <= now:
@@ -183,7 +193,7 @@ class Batcher:
             self._slots.release()
 
     def _fail_all(self, error: LensError) -> None:
-        while self._queue:
-            item = self._queue.popleft()
+        while self.queued:
+            item = (self._queue or self._background).popleft()
             if not item.future.done():
                 item.future.set_exception(error)

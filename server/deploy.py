@@ -289,7 +289,7 @@ class Deployments:
             for _, kind, source in batch:
                 data = source or b""
                 inputs.append(data if kind == "image" else data.decode())
-            vectors = await model.embed(inputs)
+            vectors = await model.embed(inputs, background=True)
             rows = np.array([row for row, _, _ in batch], dtype=np.int64)
             await asyncio.to_thread(collection.put_reindexed, rows, vectors)
 

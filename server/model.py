@@ -136,11 +136,12 @@ class LoadedVersion:
         inputs: Sequence[Input],
         deadline: float | None = None,
         positions: Sequence[int] | None = None,
+        background: bool = False,
     ) -> np.ndarray:
         """Inputs → float32 (len(inputs), dim), L2-normalised, in input order.
 
         Errors name an input by its index, or by `positions[index]` when the inputs are a
-        part of a larger request.
+        part of a larger request. `background` work yields to requests in the batchers.
         """
         where = list(positions) if positions is not None else list(range(len(inputs)))
         images = [i for i, x in enumerate(inputs) if isinstance(x, bytes)]
@@ -158,10 +159,10 @@ class LoadedVersion:
         )
         jobs, rows = [], []
         if images:
-            jobs.append(self.batchers["image"].submit(list(pixels), deadline))
+            jobs.append(self.batchers["image"].submit(list(pixels), deadline, background))
             rows.append(images)
         if texts:
-            jobs.append(self.batchers["text"].submit(list(tokens), deadline))
+            jobs.append(self.batchers["text"].submit(list(tokens), deadline, background))
             rows.append(texts)
         out = np.empty((len(inputs), self.manifest.dim), dtype=np.float32)
         for index, vectors in zip(rows, await asyncio.gather(*jobs), strict=True):

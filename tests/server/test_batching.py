@@ -20,6 +20,7 @@ class FakeTower:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.batches: list[int] = []
+        self.seen: list[list[float]] = []
         self.fail_on: float | None = None
         self.gate = threading.Event()
         self.gate.set()
@@ -28,6 +29,7 @@ class FakeTower:
         self.gate.wait(10)
         time.sleep(self.delay)
         self.batches.append(len(x))
+        self.seen.append(x[:, 0].tolist())
         if self.fail_on is not None and self.fail_on in x[:, 0]:
             raise RuntimeError("boom")
         return np.stack([x[:, 0] * 2, x[:, 0]], axis=1)
@@ -182,3 +184,26 @@ def test_config_is_validated():
         BatchConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="max_queue_size"):
         BatchConfig(max_batch_size=8, max_queue_size=4)
+
+
+def test_background_inputs_only_fill_room_that_requests_leave():
+    async def main():
+        tower = FakeTower()
+        tower.gate.clear()  # the first batch blocks in the tower while more arrive
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=8, max_queue_delay_ms=1))
+        background = asyncio.create_task(batcher.submit(rows(*range(100, 120)), background=True))
+        await asyncio.sleep(0.05)  # the first 8 background inputs are in the tower
+        live = asyncio.create_task(batcher.submit(rows(1, 2, 3, 4)))
+        await asyncio.sleep(0.05)
+        tower.gate.set()
+        out = await live
+        np.testing.assert_array_equal(out[:, 0], [2, 4, 6, 8])
+        assert len(await background) == 20
+        await batcher.close()
+        return tower
+
+    tower = run(main())
+    assert tower.seen[0] == list(range(100, 108))
+    # The requests' inputs go first in the next batch; background inputs fill the rest.
+    assert tower.seen[1] == [1, 2, 3, 4, 108, 109, 110, 111]
+    assert sorted(v for batch in tower.seen for v in batch if v >= 100) == list(range(100, 120))

@@ -386,3 +386,34 @@ def test_deployed_state_and_sizes():
     assert parse_bytes("0") == 0
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")
+
+
+def test_a_reindex_cut_by_a_crash_resumes_at_the_next_start(served, repo, second_checkpoint):
+    texts = [f"item {i} of a larger collection" for i in range(3000)]
+    with LensClient(served.address) as client, grpc.insecure_channel(served.address) as channel:
+        client.create_collection("photos", model="tiny")
+        client.upsert("photos", ids=[f"t{i}" for i in range(len(texts))], texts=texts)
+        add_version(repo, second_checkpoint)
+        client.reload_models()
+        client.deploy("tiny", 2)
+        progress = client.describe_collection("photos")["reindex"]
+        assert progress is not None and progress["total"] == 3000
+        assert progress["done"] < 3000, "re-indexed before the crash: make the collection larger"
+        v2 = embed_one(channel, texts[7])
+    served.kill()  # SIGKILL: no shutdown, no snapshot
+
+    again = ServerProcess(repo, "--poll-s", "0", collections=served.collections)
+    try:
+        with LensClient(again.address) as client:
+            assert client.get_model("tiny")["serving_version"] == 2
+            info = wait_reindexed(client, "photos", 2)
+            assert info["count"] == 3000
+            stored = client.get("photos", ["t7"], include_vectors=True)[0]
+            np.testing.assert_allclose(stored["vector"], v2, atol=1e-5)
+            assert client.search("photos", text=texts[7], k=1)[0]["id"] == "t7"
+            assert [v["state"] for v in client.get_model("tiny")["versions"]] == [
+                "available",
+                "serving",
+            ]
+    finally:
+        again.stop()
