@@ -11,8 +11,9 @@ input of the failing batch), with DeadlineExceeded, or with Unavailable when the
 closes. A request that would overflow the queue is refused whole with Overloaded.
 
 Background work (a collection re-embedding its items after a deploy) waits in a queue of its
-own and only fills batches that requests leave room in, so it never delays a request by more
-than the one batch already running.
+own and runs only while no request's input waits, in batches of at most a quarter of
+`max_batch_size`: a request waits for at most one such small batch (on a CPU, a batch's time
+grows with its size), and never shares its batch with background inputs.
 """
 
 from __future__ import annotations
@@ -156,11 +157,15 @@ class Batcher:
                 return
 
     def _take(self) -> list[_Item]:
-        """Pops up to `max_batch_size` live inputs; resolves the dead ones on the way."""
+        """Pops up to `max_batch_size` live inputs of requests, or else a small batch of
+        background inputs; resolves the dead ones on the way."""
         batch: list[_Item] = []
         now = time.monotonic()
-        while self.queued and len(batch) < self.config.max_batch_size:
-            item = (self._queue or self._background).popleft()
+        queue, size = self._queue, self.config.max_batch_size
+        if not queue:
+            queue, size = self._background, max(1, size // 4)
+        while queue and len(batch) < size:
+            item = queue.popleft()
             if item.future.done():  # the request was cancelled or already failed
                 self.stats.dropped += 1
             elif item.deadline is not None and item.deadline <= now:

@@ -186,13 +186,13 @@ def test_config_is_validated():
         BatchConfig(max_batch_size=8, max_queue_size=4)
 
 
-def test_background_inputs_only_fill_room_that_requests_leave():
+def test_background_inputs_run_in_small_batches_when_no_request_waits():
     async def main():
         tower = FakeTower()
         tower.gate.clear()  # the first batch blocks in the tower while more arrive
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=8, max_queue_delay_ms=1))
         background = asyncio.create_task(batcher.submit(rows(*range(100, 120)), background=True))
-        await asyncio.sleep(0.05)  # the first 8 background inputs are in the tower
+        await asyncio.sleep(0.05)  # the first 2 background inputs are in the tower
         live = asyncio.create_task(batcher.submit(rows(1, 2, 3, 4)))
         await asyncio.sleep(0.05)
         tower.gate.set()
@@ -203,7 +203,6 @@ def test_background_inputs_only_fill_room_that_requests_leave():
         return tower
 
     tower = run(main())
-    assert tower.seen[0] == list(range(100, 108))
-    # The requests' inputs go first in the next batch; background inputs fill the rest.
-    assert tower.seen[1] == [1, 2, 3, 4, 108, 109, 110, 111]
-    assert sorted(v for batch in tower.seen for v in batch if v >= 100) == list(range(100, 120))
+    assert tower.seen[0] == [100, 101]  # a quarter of max_batch_size
+    assert tower.seen[1] == [1, 2, 3, 4]  # the request goes next, alone
+    assert tower.seen[2:] == [[v, v + 1] for v in range(102, 120, 2)]
