@@ -4,6 +4,9 @@ Measures, on the same machine, model version and inputs, in one run:
 - images/s and texts/s through `lens serve` with N concurrent clients (JPEG bytes in, vectors
   out), against the same work done in-process (lens preprocessing on a thread pool of the
   same size, then the ONNX Runtime session on batches of the same size);
+- for a model imported from open_clip, images/s of open_clip itself in-process (its own
+  preprocess on a thread pool of the same size, then `encode_image` in torch, fp32, on
+  batches of the same size): what a user gets without a server;
 - p50/p99 latency of single-image requests, one at a time.
 Rounds alternate in-process and server runs and keep each side's best, so a noisy neighbour
 hurts both alike. Prints a table and writes JSON to bench/results/.
@@ -94,6 +97,26 @@ def in_process(
     return result
 
 
+def open_clip_torch(arch: str, images: list[bytes], batch: int, workers: int) -> dict[str, float]:
+    """open_clip's own pipeline in-process: PIL decode + its preprocess on `workers`
+    threads, `encode_image` under torch.inference_mode. The weights do not change the cost."""
+    import open_clip
+    import torch
+
+    model, _, preprocess = open_clip.create_model_and_transforms(arch)
+    model.eval()
+
+    def prepare(data: bytes) -> torch.Tensor:
+        return preprocess(Image.open(io.BytesIO(data)))
+
+    with ThreadPoolExecutor(workers) as pool, torch.inference_mode():
+        model.encode_image(torch.stack([prepare(images[0])]))  # warm-up
+        start = time.perf_counter()
+        for chunk in batches(images, batch):
+            model.encode_image(torch.stack(list(pool.map(prepare, chunk))))
+        return {"images_per_s": len(images) / (time.perf_counter() - start)}
+
+
 def through_server(
     address: str, images: list[bytes], texts: list[str], batch: int, clients: int
 ) -> dict[str, float]:
@@ -156,12 +179,17 @@ def main() -> None:
         "--decode-workers",
         str(args.workers),
     )
+    source = Repository(args.repo).manifest(args.model, Repository(args.repo).latest(args.model))
+    arch = source.source.get("arch") if source.source.get("type") == "openclip" else None
     local: list[dict[str, float]] = []
     served: list[dict[str, float]] = []
+    torch_side: list[dict[str, float]] = []
     try:
         for _ in range(args.rounds):
             local.append(in_process(args.repo, args.model, images, texts, args.batch, args.workers))
             served.append(through_server(address, images, texts, args.batch, args.clients))
+            if arch:
+                torch_side.append(open_clip_torch(arch, images, args.batch, args.workers))
         lat = latency(address, images[0], args.latency_requests)
     finally:
         process.terminate()
@@ -179,12 +207,23 @@ def main() -> None:
         "in_process": best,
         "server": best_served,
         "ratios": {k: best_served[k] / best[k] for k in best_served if k in best},
+        "open_clip_torch": max((r["images_per_s"] for r in torch_side), default=None),
         "latency_single_image": lat,
-        "rounds": {"in_process": local, "server": served},
+        "rounds": {"in_process": local, "server": served, "open_clip_torch": torch_side},
     }
+    if report["open_clip_torch"]:
+        report["ratios"]["images_per_s_vs_open_clip_torch"] = (
+            best_served["images_per_s"] / report["open_clip_torch"]
+        )
     print(f"{'':28}{'in-process':>12}{'server':>12}{'ratio':>8}")
     for key, ratio in report["ratios"].items():
         print(f"{key:28}{best[key]:12.1f}{best_served[key]:12.1f}{ratio:8.1%}")
+    if report["open_clip_torch"]:
+        print(
+            f"{'open_clip in torch, images/s':28}{report['open_clip_torch']:12.1f}"
+            f"{best_served['images_per_s']:12.1f}"
+            f"{report['ratios']['images_per_s_vs_open_clip_torch']:8.1%}"
+        )
     if "model_only_images_per_s" in best:
         print(f"{'model only, images/s':28}{best['model_only_images_per_s']:12.1f}")
     print(f"single image latency: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms")

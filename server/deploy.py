@@ -202,7 +202,10 @@ class Deployments:
                 )
             for v in targets:
                 self._kept.discard((name, v))
-                self.registry.unload(name, v)
+            if version:
+                self.registry.unload(name, version)
+            else:
+                self.registry.stop(name)
 
     def retire(self, name: str) -> None:
         """Unloads the model's versions that nothing needs any more."""

@@ -76,6 +76,8 @@ class Registry:
         # Loaded versions whose files changed on disk since: why.
         self._changed: dict[Key, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Models unloaded on request: a repository read does not load them again.
+        self._stopped: set[str] = set()
         self.default_model: str | None = None
 
     async def start(self, pinned: dict[str, set[int]] | None = None) -> None:
@@ -116,6 +118,7 @@ class Registry:
             loaded = await (asyncio.shield(pending) if pending else self._load(key))
         if serve or name not in self._serving:
             self._serving[name] = version
+        self._stopped.discard(name)
         return loaded
 
     async def try_load(self, name: str, version: int, serve: bool = False) -> None:
@@ -136,7 +139,9 @@ class Registry:
             loaded = LoadedVersion(manifest, folder, self.config, self._decode_pool, towers)
             await loaded.warm_up()
         except LensError as e:
-            if not isinstance(e, NotFound):
+            if isinstance(e, (NotFound, Overloaded)):  # not the version's fault: not FAILED
+                log.warning("model %s version %d not loaded: %s", name, version, e)
+            else:
                 self._failed[key] = str(e)
                 log.error("model %s version %d failed to load: %s", name, version, e)
             future.set_exception(e)
@@ -172,6 +177,12 @@ class Registry:
         held = [(k, m.memory_bytes) for k, m in {**self._loaded, **self._retiring}.items()]
         held += list(self._loading_bytes.items())
         return sum(b for (n, _), b in held if name is None or n == name)
+
+    def stop(self, name: str) -> None:
+        """Unloads every version of the model, which stays unloaded until loaded again."""
+        self._stopped.add(name)
+        for version in self.loaded_versions(name):
+            self.unload(name, version)
 
     def unload(self, name: str, version: int) -> None:
         """Stops the version taking requests now; closes it once those in flight finish.
@@ -330,7 +341,9 @@ class Registry:
         """Loads models that appeared in the repository; reports files changed on disk under
         loaded versions (which keep serving: they hold their own copy)."""
         for name in self.repo.models():
-            if name not in self._serving and not any(n == name for n, _ in self._failed):
+            if name in self._serving or name in self._stopped:
+                continue
+            if not any(n == name for n, _ in self._failed):
                 async with self.lock(name):
                     if name not in self._serving and not self.loaded_versions(name):
                         log.info("model %s appeared in the repository", name)

@@ -336,6 +336,8 @@ def test_load_unload_and_memory_budget(repo, second_checkpoint):
             # Unload everything, then load version 1: it serves, and pinned requests get it.
             client.unload_model("tiny")
             assert client.get_model("tiny")["serving_version"] == 0
+            client.reload_models()  # a model unloaded on request is not loaded again
+            assert [v["state"] for v in client.get_model("tiny")["versions"]] == ["available"] * 2
             client.load_model("tiny:1")
             assert client.get_model("tiny")["serving_version"] == 1
             assert lens("models", "load", "tiny:2", "--server", proc.address).returncode == 1
@@ -417,3 +419,45 @@ def test_a_reindex_cut_by_a_crash_resumes_at_the_next_start(served, repo, second
             ]
     finally:
         again.stop()
+
+
+def test_the_fine_tune_workflow_from_the_command_line(served, repo, tmp_path):
+    """train --init → export into the served repository → reload → deploy → rollback."""
+    trained = lens(
+        "train",
+        "clip",
+        "--init",
+        "tiny",
+        "--data",
+        "digits",
+        "--steps",
+        "3",
+        "--batch-size",
+        "32",
+        "--holdout",
+        "300",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        "--export",
+        "tiny",
+        "--repo",
+        str(repo),
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "tiny: version 2 written" in trained.stdout
+    server = ("--server", served.address)
+    listed = lens("models", "reload", *server)
+    assert listed.returncode == 0 and "version 2: available" in listed.stdout
+    deployed = lens("deploy", "tiny", "2", *server)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "tiny: version 2 serving (was 1" in deployed.stdout
+    with grpc.insecure_channel(served.address) as channel:
+        fine_tuned = embed_one(channel, "a photo of the number 3")
+        np.testing.assert_allclose(fine_tuned, embed_one(channel, "a photo of the number 3", 2))
+    assert "serving version 2 (rollback to 1)" in lens("models", *server).stdout
+    assert lens("rollback", "tiny", *server).returncode == 0
+    assert "serving version 1" in lens("models", "ls", "tiny", *server).stdout
+    refused = lens("deploy", "tiny", "7", *server)
+    assert refused.returncode == 1 and "has no version 7" in refused.stderr
