@@ -217,7 +217,8 @@ def main() -> None:
         )
     print(f"{'':28}{'in-process':>12}{'server':>12}{'ratio':>8}")
     for key, ratio in report["ratios"].items():
-        print(f"{key:28}{best[key]:12.1f}{best_served[key]:12.1f}{ratio:8.1%}")
+        if key in best:
+            print(f"{key:28}{best[key]:12.1f}{best_served[key]:12.1f}{ratio:8.1%}")
     if report["open_clip_torch"]:
         print(
             f"{'open_clip in torch, images/s':28}{report['open_clip_torch']:12.1f}"

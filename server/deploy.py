@@ -94,10 +94,14 @@ class Deployments:
         started = time.perf_counter()
         loaded_already = version in self.registry.loaded_versions(name)
         new = await self.registry.load(name, version)
-        for spec in self.classifiers.of_model(name):  # weights ready before the first request
-            await saved_weights(self.classifiers, spec, new)
         loaded = time.perf_counter()
-        reindexing = await self._retarget(name, version, previous, keep_collections)
+        try:
+            for spec in self.classifiers.of_model(name):  # weights ready for the first request
+                await saved_weights(self.classifiers, spec, new)
+            reindexing = await self._retarget(name, version, previous, keep_collections)
+        except Exception:
+            self.retire(name)  # the version loaded for nothing leaves again
+            raise
         swapping = time.perf_counter()
         if rollback:
             self.registry.swap_back(name, self.registry.rolled_back(name))
