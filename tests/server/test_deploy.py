@@ -461,3 +461,40 @@ def test_the_fine_tune_workflow_from_the_command_line(served, repo, tmp_path):
     assert "serving version 1" in lens("models", "ls", "tiny", *server).stdout
     refused = lens("deploy", "tiny", "7", *server)
     assert refused.returncode == 1 and "has no version 7" in refused.stderr
+
+
+def test_a_collection_of_raw_vectors_refuses_the_reindex_unless_kept(
+    served, repo, second_checkpoint
+):
+    add_version(repo, second_checkpoint)
+    with LensClient(served.address) as client, grpc.insecure_channel(served.address) as channel:
+        client.reload_models()
+        client.create_collection("mixed", model="tiny")
+        client.upsert("mixed", ids=["a"], texts=["a cat"])
+        client.upsert("mixed", ids=["v"], vectors=np.ones((1, 32), np.float32))
+        with pytest.raises(grpc.RpcError) as refused:
+            models(channel).Deploy(models_pb2.DeployRequest(name="tiny", version=2), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "keep-collections" in refused.value.details()
+        info = client.get_model("tiny")
+        assert info["serving_version"] == 1
+        assert [v["state"] for v in info["versions"]] == ["serving", "available"]  # 2 left
+        assert client.describe_collection("mixed")["reindex"] is None
+
+        kept = client.deploy("tiny", 2, keep_collections=True)
+        assert kept["reindexing"] == []
+        states = [v["state"] for v in client.get_model("tiny")["versions"]]
+        assert states == ["ready", "serving"]  # 1 stays loaded for the collection
+        assert client.describe_collection("mixed")["version"] == 1
+        assert client.search("mixed", text="a cat", k=1)[0]["id"] == "a"
+        with pytest.raises(grpc.RpcError) as needed:
+            models(channel).UnloadModel(
+                models_pb2.ModelVersionRequest(name="tiny", version=1), timeout=30
+            )
+        assert needed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "mixed" in needed.value.details()
+        client.drop_collection("mixed")  # nothing needs version 1 any more
+        assert [v["state"] for v in client.get_model("tiny")["versions"]] == [
+            "available",
+            "serving",
+        ]
