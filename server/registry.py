@@ -22,6 +22,7 @@ from server.errors import (
     FailedPrecondition,
     InvalidInput,
     LensError,
+    ModelError,
     NotFound,
     Overloaded,
     available,
@@ -131,6 +132,7 @@ class Registry:
         future: asyncio.Future[LoadedVersion] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         self._failed.pop(key, None)
+        loaded: LoadedVersion | None = None
         try:
             manifest = self.repo.manifest(name, version)  # NotFound lists the versions
             folder = self.repo.path(name, version)
@@ -138,7 +140,13 @@ class Registry:
             towers = await asyncio.to_thread(open_towers, manifest, folder, self.config)
             loaded = LoadedVersion(manifest, folder, self.config, self._decode_pool, towers)
             await loaded.warm_up()
-        except LensError as e:
+        except Exception as error:
+            # A version that cannot run is refused like one that fails its checks.
+            e = error
+            if isinstance(error, ModelError) or not isinstance(error, LensError):
+                e = FailedPrecondition(f"model {name} version {version} cannot be loaded: {error}")
+            if loaded is not None:
+                await loaded.close()
             if isinstance(e, (NotFound, Overloaded)):  # not the version's fault: not FAILED
                 log.warning("model %s version %d not loaded: %s", name, version, e)
             else:
@@ -146,7 +154,9 @@ class Registry:
                 log.error("model %s version %d failed to load: %s", name, version, e)
             future.set_exception(e)
             future.exception()  # retrieved: a failure nobody waits for is not an asyncio error
-            raise
+            if e is error:
+                raise
+            raise e from error
         finally:
             del self._loading[key]
             self._loading_bytes.pop(key, None)

@@ -3,6 +3,7 @@ only move forward, collections and classifiers that follow; broken versions refu
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import shutil
@@ -277,11 +278,12 @@ def test_broken_versions_are_refused_and_the_old_one_keeps_serving(served, repo)
     image = repo / "tiny" / str(truncated) / "image.onnx"
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
     bad_parity = copy_version(repo, 1, lambda m: m["parity"]["image"].update(min_cosine=0.5))
-    other_kind = copy_version(
-        repo,
-        1,
-        lambda m: m.update(kind="image", text=None, files={"image.onnx": m["files"]["image.onnx"]}),
+    other_kind = copy_version(repo, 1, lambda m: m.update(kind="image", text=None))
+    garbage = b"not an onnx graph" * 100  # its sha256 recorded: only ONNX Runtime can tell
+    unloadable = copy_version(
+        repo, 1, lambda m: m["files"].update({"image.onnx": hashlib.sha256(garbage).hexdigest()})
     )
+    (repo / "tiny" / str(unloadable) / "image.onnx").write_bytes(garbage)
     with LensClient(served.address) as client, grpc.insecure_channel(served.address) as channel:
         client.reload_models()
         stub = models(channel)
@@ -289,7 +291,8 @@ def test_broken_versions_are_refused_and_the_old_one_keeps_serving(served, repo)
             (truncated, grpc.StatusCode.FAILED_PRECONDITION, "sha256"),
             (bad_parity, grpc.StatusCode.FAILED_PRECONDITION, "failed parity"),
             (other_kind, grpc.StatusCode.FAILED_PRECONDITION, "another name"),
-            (99, grpc.StatusCode.NOT_FOUND, "Available versions: 1, 2, 3, 4"),
+            (unloadable, grpc.StatusCode.FAILED_PRECONDITION, "ONNX Runtime could not load"),
+            (99, grpc.StatusCode.NOT_FOUND, "Available versions: 1, 2, 3, 4, 5"),
         ):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Deploy(models_pb2.DeployRequest(name="tiny", version=version), timeout=60)
