@@ -59,7 +59,7 @@ class Deployments:
         """model → the versions collections are pinned to or re-indexing to."""
         pins: dict[str, set[int]] = {}
         for collection in self._collections():
-            spec, target = collection.spec, collection.reindexing
+            spec, target = collection.spec, collection.reindex_target
             pins.setdefault(spec.model, set()).add(spec.version)
             if target is not None:
                 pins[spec.model].add(target.version)
@@ -68,8 +68,8 @@ class Deployments:
     def resume(self) -> None:
         """Restarts the re-indexes a previous run left unfinished."""
         for collection in self._collections():
-            if collection.reindexing is not None:
-                self._start(collection, collection.reindexing.version)
+            if (target := collection.reindex_target) is not None:
+                self._start(collection, target.version)
 
     # -- deploy and rollback -----------------------------------------------------------------
 
@@ -151,7 +151,7 @@ class Deployments:
             else [
                 c
                 for c in ours
-                if c.spec.version != version and (c.spec.version == previous or c.reindexing)
+                if c.spec.version != version and (c.spec.version == previous or c.reindex_target)
             ]
         )
         dim = self.registry.resolve(name, version).manifest.dim
@@ -166,8 +166,8 @@ class Deployments:
             for collection in begun:
                 await asyncio.to_thread(collection.cancel_reindex)
             for collection in moving:
-                if collection.reindexing is not None:  # carry on as before
-                    self._start(collection, collection.reindexing.version)
+                if (target := collection.reindex_target) is not None:  # carry on as before
+                    self._start(collection, target.version)
             raise FailedPrecondition(
                 f"{e}; deploy with keep_collections (--keep-collections) to leave the "
                 f"collections on version {previous}"

@@ -194,6 +194,12 @@ class Reindexing:
         shadow = self._shadow
         return shadow.state() if shadow is not None else None
 
+    @property
+    def reindex_target(self) -> ModelVersion | None:
+        """The version a re-index in progress embeds with (no counting: cheap)."""
+        shadow = self._shadow
+        return shadow.target if shadow is not None else None
+
     def pending_sources(self, limit: int, after: int = 0) -> list[tuple[int, str, bytes | None]]:
         """(row, source kind, source) of up to `limit` live rows after row `after` that lack a
         vector of the target version, in row order; empty when none (or no re-index).

@@ -129,7 +129,7 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         metadata = [check_metadata(item.metadata_json, f"item {i}") for i, item in enumerate(items)]
         contents = [_content(item, i) for i, item in enumerate(items)]
         for attempt in range(_ATTEMPTS):
-            version, target = collection.spec.version, collection.reindexing
+            version, target = collection.spec.version, collection.reindex_target
             vectors = await self._vectors(collection, contents, context, version=version)
             # While the collection re-indexes, new items are embedded with the target version
             # too, so that the shadow keeps up with the writes.
