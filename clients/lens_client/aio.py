@@ -121,6 +121,24 @@ class AsyncLensClient:
             raise LensClientError.from_rpc(e) from None
         return codec.model_dict(info)
 
+    async def deploy(self, name: str, version: int = 0, *, keep_collections: bool = False) -> dict:
+        """As `LensClient.deploy`: serve `version` (0: the newest) with no failed request."""
+        request = models_pb2.DeployRequest(
+            name=name, version=version, keep_collections=keep_collections
+        )
+        try:
+            return codec.deploy_dict(await self._models.Deploy(request, timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise LensClientError.from_rpc(e) from None
+
+    async def rollback(self, name: str, *, keep_collections: bool = False) -> dict:
+        """As `LensClient.rollback`: serve again the version deployed before."""
+        request = models_pb2.RollbackRequest(name=name, keep_collections=keep_collections)
+        try:
+            return codec.deploy_dict(await self._models.Rollback(request, timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise LensClientError.from_rpc(e) from None
+
     async def healthy(self, service: str = "") -> bool:
         try:
             response = await self._health.Check(

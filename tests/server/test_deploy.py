@@ -3,6 +3,7 @@ only move forward, collections and classifiers that follow; broken versions refu
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -501,3 +502,24 @@ def test_a_collection_of_raw_vectors_refuses_the_reindex_unless_kept(
             "available",
             "serving",
         ]
+
+
+def test_the_asyncio_client_deploys_and_rolls_back(served, repo, second_checkpoint):
+    from lens_client import AsyncLensClient
+    from lens_client.codec import LensClientError
+
+    add_version(repo, second_checkpoint)
+
+    async def main() -> tuple[dict, dict, int]:
+        async with AsyncLensClient(served.address) as lens:
+            deployed = await lens.deploy("tiny")  # the newest
+            served_now = (await lens.get_model("tiny"))["serving_version"]
+            back = await lens.rollback("tiny")
+            with pytest.raises(LensClientError) as none_left:
+                await lens.rollback("tiny")
+            assert none_left.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            return deployed, back, served_now
+
+    deployed, back, served_now = asyncio.run(main())
+    assert (deployed["version"], deployed["previous_version"], served_now) == (2, 1, 2)
+    assert (back["version"], back["previous_version"]) == (1, 2)
