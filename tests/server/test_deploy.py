@@ -216,13 +216,14 @@ def test_deploy_and_rollback_under_load(served, repo, second_checkpoint):
         v1_texts = np.stack([embed_one(channel, t, 1) for t in TEXTS[:3]])
         np.testing.assert_allclose(stored_text_vectors(client), v1_texts, atol=1e-5)
 
-        # A new version written into the repository shows up after a reload, not deployed.
-        assert add_version(repo, second_checkpoint) == 2
-        listed = client.reload_models()
-        assert [v["state"] for v in listed[0]["versions"]] == ["serving", "available"]
-
         with Traffic(served.address) as traffic:
-            time.sleep(2)
+            time.sleep(1)
+            # A new version written into the repository under load shows up after a reload,
+            # not deployed; then it is deployed in the middle of the traffic.
+            assert add_version(repo, second_checkpoint) == 2
+            listed = client.reload_models()
+            assert [v["state"] for v in listed[0]["versions"]] == ["serving", "available"]
+            time.sleep(1)
             result = client.deploy("tiny", 2)
             assert (result["version"], result["previous_version"]) == (2, 1)
             assert result["reindexing"] == ["photos"]
