@@ -131,32 +131,32 @@ class Traffic:
         with grpc.insecure_channel(self.address) as channel:
             inference = inference_pb2_grpc.InferenceStub(channel)
             index = index_pb2_grpc.IndexStub(channel)
-            calls = {
-                "embed": lambda: (
-                    inference.Embed(
-                        inference_pb2.EmbedRequest(
-                            inputs=[inference_pb2.Input(image=image), inference_pb2.Input(text="a")]
-                        ),
-                        timeout=30,
-                    ).version
-                ),
-                "classify": lambda: (
-                    inference.Classify(
-                        inference_pb2.ClassifyRequest(
-                            images=[image], labels=classifiers_pb2.Labels(labels=LABELS)
-                        ),
-                        timeout=30,
-                    ).version
-                ),
-                "search": lambda: (
-                    index.Search(
-                        index_pb2.SearchRequest(
-                            collection="photos", query=index_pb2.Query(text="a rocket"), k=3
-                        ),
-                        timeout=30,
-                    ).model.version
-                ),
-            }
+            embed = inference_pb2.EmbedRequest(
+                inputs=[inference_pb2.Input(image=image), inference_pb2.Input(text="a")]
+            )
+            classify = inference_pb2.ClassifyRequest(
+                images=[image], labels=classifiers_pb2.Labels(labels=LABELS)
+            )
+            search = index_pb2.SearchRequest(
+                collection="photos", query=index_pb2.Query(text="a rocket"), k=3
+            )
+
+            def embedded() -> int:
+                response = inference.Embed(embed, timeout=30)
+                assert (response.embeddings.rows, response.embeddings.cols) == (2, 32)
+                return response.version
+
+            def classified() -> int:
+                response = inference.Classify(classify, timeout=30)
+                assert len(response.results[0].labels) == len(LABELS)
+                return response.version
+
+            def searched() -> int:
+                response = index.Search(search, timeout=30)
+                assert len(response.hits) == 3  # a whole answer, before, during and after
+                return response.model.version
+
+            calls = {"embed": embedded, "classify": classified, "search": searched}
             while not self._stop.is_set():
                 for kind, call in calls.items():
                     try:
