@@ -48,6 +48,9 @@ def train(
     accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate (0: the method's).")] = 0.0,
     optimizer: Annotated[str, typer.Option(help="adamw or lars (default: the paper's).")] = "",
+    temperature: Annotated[
+        float, typer.Option(help="NT-Xent temperature (SimCLR); 0.2 learns faster on digits.")
+    ] = 0.5,
     holdout: Annotated[
         float, typer.Option(help="Held-out images: a count, or a fraction < 1.")
     ] = 1000,
@@ -101,6 +104,7 @@ def train(
             accum=accum,
             lr=lr,
             optimizer=optimizer,
+            temperature=temperature,
             holdout=holdout,
             seed=seed,
             device=device,

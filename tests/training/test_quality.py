@@ -1,4 +1,4 @@
-"""Quality gates: each method, about a minute of CPU training on `mnist` (4,000 / 1,000),
+"""Quality gates: each method, under a minute of CPU training on `mnist` (4,000 / 1,000),
 beats the same architecture and seed at random init (plans in training/quick.py; the
 figures of several seeds are in bench/results/ and the README)."""
 
@@ -34,28 +34,41 @@ def train(method: str, tmp_path):
     return trainer, result, before
 
 
+# Thresholds: the worst of seeds 0, 1 and 2 in bench/results/train-*.json, less a margin;
+# the kNN gate of the issue (0.90 on the held-out 1,000) is asserted where it is met.
+
+
 def test_clip(tmp_path):
     _, result, _ = train("clip", tmp_path)
     trained, random = result["eval"], result["baseline"]
-    assert result["final_loss"] < 0.75 * math.log(PLANS["clip"]["batch_size"])
-    assert trained["zero_shot_top1"] >= 0.80 and random["zero_shot_top1"] < 0.3
-    assert trained["knn_top1"] >= 0.85 > random["knn_top1"] + 0.2
+    # seeds 0-2: loss 2.39-2.48 of chance ln 128 = 4.85; zero-shot 0.915-0.927 (random
+    # init 0.08-0.11); kNN 0.912-0.928 (random init 0.51-0.53)
+    assert result["final_loss"] < 0.6 * math.log(PLANS["clip"]["batch_size"])
+    assert trained["zero_shot_top1"] >= 0.88 and random["zero_shot_top1"] < 0.2
+    assert trained["knn_top1"] >= 0.90
+    assert trained["knn_top1"] >= random["knn_top1"] + 0.3
 
 
 def test_simclr(tmp_path):
     trainer, result, before = train("simclr", tmp_path)
     trained, random = result["eval"], result["baseline"]
-    assert result["final_loss"] < 0.85 * math.log(2 * PLANS["simclr"]["batch_size"] - 1)
-    assert view_retrieval_top1(trainer.method, trainer.test_set) >= before + 0.30
-    assert trained["knn_top1"] >= random["knn_top1"] + 0.1
+    # seeds 0-2: loss 2.30-2.35 of chance ln 511 = 6.24; the other view 0.855-0.910 (random
+    # init 0.062-0.070); kNN 0.902-0.924 (random init 0.48-0.58): the 0.90 gate is met, just
+    assert result["final_loss"] < 0.45 * math.log(2 * PLANS["simclr"]["batch_size"] - 1)
+    assert view_retrieval_top1(trainer.method, trainer.test_set) >= before + 0.6
+    assert trained["knn_top1"] >= 0.88
+    assert trained["knn_top1"] >= random["knn_top1"] + 0.25
 
 
 def test_mae(tmp_path):
     _, result, _ = train("mae", tmp_path)
     trained, random = result["eval"], result["baseline"]
-    assert result["final_loss"] < 0.5  # predicting zeros scores 1.0 on normalised pixels
-    assert trained["knn_top1"] >= random["knn_top1"] + 0.1
-    assert trained["linear_probe_top1"] >= random["linear_probe_top1"] + 0.15
+    # seeds 0-2: loss 0.330-0.355 (predicting zeros: 0.979; the background patch everywhere:
+    # 0.592); kNN 0.570-0.637 against 0.367-0.388 at random init (the 0.90 gate is not met);
+    # linear probe 0.665-0.750 against 0.315-0.353
+    assert result["final_loss"] < 0.45
+    assert trained["knn_top1"] >= random["knn_top1"] + 0.12
+    assert trained["linear_probe_top1"] >= random["linear_probe_top1"] + 0.25
 
 
 def test_demonstration_model_of_make_serve(tmp_path):
