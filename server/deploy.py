@@ -23,6 +23,7 @@ from server.collections import Collection, Collections
 from server.errors import FailedPrecondition, LensError
 from server.model import Input, LoadedVersion
 from server.registry import Registry
+from server.repository import Deployed
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,7 @@ class Deployments:
         """model → the versions collections are pinned to or re-indexing to."""
         pins: dict[str, set[int]] = {}
         for collection in self._collections():
-            spec, target = collection.spec, collection.reindex_target
-            pins.setdefault(spec.model, set()).add(spec.version)
-            if target is not None:
-                pins[spec.model].add(target.version)
+            pins.setdefault(collection.spec.model, set()).update(_versions(collection))
         return pins
 
     def resume(self) -> None:
@@ -76,17 +74,17 @@ class Deployments:
     async def deploy(self, name: str, version: int, keep_collections: bool) -> DeployResult:
         async with self.registry.lock(name):
             version = version or self.registry.repo.latest(name)
-            return await self._switch(name, version, keep_collections, rollback=False)
+            self.registry.repo.path(name, version)  # NotFound lists the models or versions
+            state = self.registry.deployed(name, version)
+            return await self._switch(name, state, keep_collections)
 
     async def rollback(self, name: str, keep_collections: bool) -> DeployResult:
         async with self.registry.lock(name):
-            target = self.registry.rolled_back(name).serving
-            return await self._switch(name, target, keep_collections, rollback=True)
+            return await self._switch(name, self.registry.rolled_back(name), keep_collections)
 
-    async def _switch(
-        self, name: str, version: int, keep_collections: bool, rollback: bool
-    ) -> DeployResult:
-        self.registry.repo.path(name, version)  # NotFound lists the models or versions
+    async def _switch(self, name: str, state: Deployed, keep_collections: bool) -> DeployResult:
+        """Serves `state.serving` and records `state` (a deploy's or a rollback's)."""
+        version = state.serving
         previous = self.registry.serving_version(name)
         if previous == version:
             return DeployResult(name, version, previous, (), 0.0, 0.0)
@@ -98,15 +96,12 @@ class Deployments:
         try:
             for spec in self.classifiers.of_model(name):  # weights ready for the first request
                 await saved_weights(self.classifiers, spec, new)
-            reindexing = await self._retarget(name, version, previous, keep_collections)
+            reindexing = await self._retarget(new, previous, keep_collections)
         except Exception:
             self.retire(name)  # the version loaded for nothing leaves again
             raise
         swapping = time.perf_counter()
-        if rollback:
-            self.registry.swap_back(name, self.registry.rolled_back(name))
-        else:
-            self.registry.swap(name, version)
+        self.registry.swap(name, state)
         swapped = time.perf_counter()
         log.info(
             "model %s: version %d serving (was %s)%s",
@@ -138,11 +133,12 @@ class Deployments:
             )
 
     async def _retarget(
-        self, name: str, version: int, previous: int, keep_collections: bool
+        self, new: LoadedVersion, previous: int, keep_collections: bool
     ) -> list[str]:
-        """Points the model's collections at `version`: those on it stop re-indexing; unless
-        `keep_collections`, those on `previous` (or re-indexing) start re-indexing to it.
-        All or nothing: if one cannot be re-indexed, none is changed."""
+        """Points the model's collections at version `new`: those on it stop re-indexing;
+        unless `keep_collections`, those on `previous` (or re-indexing) start re-indexing to
+        it. All or nothing: if one cannot be re-indexed, none is changed."""
+        name, version, dim = new.name, new.version, new.manifest.dim
         ours = [c for c in self._collections() if c.spec.model == name]
         at_target = [c for c in ours if c.spec.version == version]
         moving = (
@@ -154,7 +150,6 @@ class Deployments:
                 if c.spec.version != version and (c.spec.version == previous or c.reindex_target)
             ]
         )
-        dim = self.registry.resolve(name, version).manifest.dim
         for collection in moving:  # no re-index to an older target may write any more
             await self._halt(collection)
         begun: list[Collection] = []
@@ -194,7 +189,11 @@ class Deployments:
             targets = self.registry.loaded_versions(name) if version == 0 else [version]
             for v in targets:
                 if v in pins:
-                    users = [c.spec.name for c in self._collections() if c.spec.model == name]
+                    users = [
+                        c.spec.name
+                        for c in self._collections()
+                        if c.spec.model == name and v in _versions(c)
+                    ]
                     raise FailedPrecondition(
                         f"model {name!r} version {v} is needed by collection(s) "
                         f"{', '.join(users)}: drop them or deploy and re-index first"
@@ -314,3 +313,10 @@ class Deployments:
             except LensError:  # dropped meanwhile
                 continue
         return [c for c in found if c.spec.model]
+
+
+def _versions(collection: Collection) -> set[int]:
+    """The versions of its model a collection needs: the one it is pinned to, and the one it
+    is re-indexing to."""
+    target = collection.reindex_target
+    return {collection.spec.version} | ({target.version} if target else set())

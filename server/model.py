@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -92,9 +93,17 @@ class LoadedVersion:
         # (size, mtime) of each file when loaded: a cheap check before re-hashing.
         self._stats = {name: _stat(folder / name) for name in manifest.files}
 
-    def lease(self) -> _Lease:
+    @contextmanager
+    def lease(self) -> Iterator[LoadedVersion]:
         """`with version.lease():` around a request's use of the version (see `drained`)."""
-        return _Lease(self)
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
     async def drained(self) -> None:
         """Returns once no request holds a lease."""
@@ -192,21 +201,6 @@ class LoadedVersion:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
-
-
-class _Lease:
-    def __init__(self, version: LoadedVersion) -> None:
-        self._version = version
-
-    def __enter__(self) -> LoadedVersion:
-        self._version.in_flight += 1
-        self._version._idle.clear()
-        return self._version
-
-    def __exit__(self, *exc: object) -> None:
-        self._version.in_flight -= 1
-        if self._version.in_flight == 0:
-            self._version._idle.set()
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -136,7 +136,7 @@ class Registry:
         try:
             manifest = self.repo.manifest(name, version)  # NotFound lists the versions
             folder = self.repo.path(name, version)
-            self._check_budget(key, weight_bytes(manifest, folder))
+            self._reserve(key, weight_bytes(manifest, folder))
             towers = await asyncio.to_thread(open_towers, manifest, folder, self.config)
             loaded = LoadedVersion(manifest, folder, self.config, self._decode_pool, towers)
             await loaded.warm_up()
@@ -166,7 +166,8 @@ class Registry:
         log.info("model %s version %d loaded on %s", name, version, ", ".join(loaded.providers))
         return loaded
 
-    def _check_budget(self, key: Key, needed: int) -> None:
+    def _reserve(self, key: Key, needed: int) -> None:
+        """Counts a loading version's bytes against the budget; Overloaded if over it."""
         budget = self.config.memory_budget_bytes
         if budget:
             held = self.memory_bytes()
@@ -225,16 +226,20 @@ class Registry:
         """Held by whoever changes the model's serving version: changes never interleave."""
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def swap(self, name: str, version: int) -> int:
-        """Makes a loaded version the model's serving version, at once; records it as deployed
-        in the repository. Returns the version that served before (0 if none)."""
-        if (name, version) not in self._loaded:
-            raise FailedPrecondition(f"model {name!r} version {version} is not loaded")
+    def swap(self, name: str, state: Deployed) -> int:
+        """Makes `state.serving`, a loaded version, the model's serving version at once, and
+        records `state` as the deploy state. Returns the version that served before (0 if
+        none)."""
+        if (name, state.serving) not in self._loaded:
+            raise FailedPrecondition(f"model {name!r} version {state.serving} is not loaded")
         previous = self._serving.get(name, 0)
-        state = self._deployed(name).deploy(version)
-        self._serving[name] = version
+        self._serving[name] = state.serving
         self._record(name, state)
         return previous
+
+    def deployed(self, name: str, version: int) -> Deployed:
+        """The deploy state a deploy of `version` of `name` leads to."""
+        return self._deployed(name).deploy(version)
 
     def rolled_back(self, name: str) -> Deployed:
         """The deploy state a rollback of `name` leads to (FailedPrecondition if none)."""
@@ -245,12 +250,6 @@ class Registry:
                 f"(serving version {state.serving or 'none'})"
             )
         return state.rollback()
-
-    def swap_back(self, name: str, state: Deployed) -> int:
-        """`swap` to `state.serving`, recording `state` (a rollback) as the deploy state."""
-        previous = self.swap(name, state.serving)
-        self._record(name, state)
-        return previous
 
     def _deployed(self, name: str) -> Deployed:
         """The recorded deploy state, corrected to what actually serves."""

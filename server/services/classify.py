@@ -70,7 +70,7 @@ class Classification:
             raise InvalidInput(f"top_k {top_k} is above the number of labels ({len(labels)})")
         with model.lease():  # the version stays loaded until this request is done
             if which == "saved":
-                weights = await self.saved_weights(spec, model)
+                weights = await saved_weights(self.store, spec, model)
             else:
                 weights = await self.inline_weights(model, labels, templates)
             inputs: list[Input] = list(request.images)
@@ -106,9 +106,6 @@ class Classification:
         while len(self._inline) > self.INLINE_CACHE:
             self._inline.popitem(last=False)
         return weights
-
-    async def saved_weights(self, spec: ClassifierSpec, model: LoadedVersion) -> np.ndarray:
-        return await saved_weights(self.store, spec, model)
 
 
 class ClassifiersServicer(classifiers_pb2_grpc.ClassifiersServicer):

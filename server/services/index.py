@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from lens.v1 import common_pb2, index_pb2, index_pb2_grpc
@@ -39,6 +40,7 @@ _METRIC_ENUMS = {
     "inner_product": index_pb2.METRIC_INNER_PRODUCT,
     "l2": index_pb2.METRIC_L2,
 }
+T = TypeVar("T")
 # Times a request re-embeds when its collection swaps to another model version meanwhile.
 _ATTEMPTS = 3
 _SPEC_FIELDS = (
@@ -128,13 +130,14 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             seen[item.id] = i
         metadata = [check_metadata(item.metadata_json, f"item {i}") for i, item in enumerate(items)]
         contents = [_content(item, i) for i, item in enumerate(items)]
-        for attempt in range(_ATTEMPTS):
-            version, target = collection.spec.version, collection.reindex_target
+
+        async def write(version: int) -> int:
             vectors = await self._vectors(collection, contents, context, version=version)
             # While the collection re-indexes, new items are embedded with the target version
             # too, so that the shadow keeps up with the writes.
             following = None
-            if target is not None and self._embeds(contents):
+            target = collection.reindex_target
+            if target is not None and _embedded(contents):
                 following = (
                     target.version,
                     await self._vectors(collection, contents, context, version=target.version),
@@ -145,13 +148,10 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                     items, vectors, metadata, contents, strict=True
                 )
             ]
-            try:
-                seq = await asyncio.to_thread(collection.upsert, new, following, version)
-                return index_pb2.UpsertResponse(upserted=len(new), seq=seq)
-            except VersionChanged:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+            return await asyncio.to_thread(collection.upsert, new, following, version)
+
+        seq, _ = await _at_current_version(collection, write)
+        return index_pb2.UpsertResponse(upserted=len(items), seq=seq)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -233,23 +233,18 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             contents.append((kind, getattr(query, kind)))
         by_id = [i for i, (source, _) in enumerate(contents) if source == "id"]
         placeholders = [("vector", None) if i in by_id else c for i, c in enumerate(contents)]
-        for attempt in range(_ATTEMPTS):
-            version = collection.spec.version
+
+        async def search(version: int) -> list[list[Hit]]:
             vectors = await self._vectors(
                 collection, placeholders, context, what="query", version=version
             )
-            try:
-                if by_id:  # an item's stored vector is the query
-                    ids = [contents[i][1] for i in by_id]
-                    vectors[by_id] = await asyncio.to_thread(collection.vectors_of, ids)
-                hits = await asyncio.to_thread(
-                    collection.search, vectors, k, filter_, exact, version
-                )
-                return hits, common_pb2.ModelRef(name=collection.spec.model, version=version)
-            except VersionChanged:  # the collection swapped to another version meanwhile
-                if attempt == _ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+            if by_id:  # an item's stored vector is the query
+                ids = [contents[i][1] for i in by_id]
+                vectors[by_id] = await asyncio.to_thread(collection.vectors_of, ids)
+            return await asyncio.to_thread(collection.search, vectors, k, filter_, exact, version)
+
+        hits, version = await _at_current_version(collection, search)
+        return hits, common_pb2.ModelRef(name=collection.spec.model, version=version)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -264,12 +259,21 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
         """Vectors for image / text / vector contents: images and texts through `version` of
         the collection's model (batched with other requests), vectors checked for length."""
         spec = collection.spec
-        embed = [i for i, (kind, _) in enumerate(contents) if kind in ("image", "text")]
+        embed = _embedded(contents)
         if embed and not spec.model:
             raise InvalidInput(
                 f"{what} {embed[0]}: collection {spec.name} holds vectors "
                 "only (it has no model to embed images or texts)"
             )
+        vectors = [
+            (i, v) for i, (kind, v) in enumerate(contents) if kind == "vector" and v is not None
+        ]
+        for i, value in vectors:  # checked before any embedding is paid for
+            if len(value.values) != spec.dim:
+                raise InvalidInput(
+                    f"{what} {i}: vector has {len(value.values)} values, "
+                    f"collection {spec.name} has dim {spec.dim}"
+                )
         if embed:
             with self.registry.lease(spec.model, version or spec.version) as model:
                 out = np.zeros((len(contents), model.manifest.dim), np.float32)
@@ -277,19 +281,9 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
                 out[embed] = await model.embed(inputs, deadline_of(context), positions=embed)
         else:
             out = np.zeros((len(contents), spec.dim), np.float32)
-        for i, (kind, value) in enumerate(contents):
-            if kind == "vector" and value is not None:
-                if len(value.values) != spec.dim:
-                    raise InvalidInput(
-                        f"{what} {i}: vector has {len(value.values)} values, "
-                        f"collection {spec.name} has dim {spec.dim}"
-                    )
-                out[i] = value.values
+        for i, value in vectors:
+            out[i] = value.values
         return out
-
-    @staticmethod
-    def _embeds(contents: list[tuple[str, Any]]) -> bool:
-        return any(kind in ("image", "text") for kind, _ in contents)
 
     def _check_count(self, count: int, what: str) -> None:
         limit = self.config.limits.max_inputs_per_request
@@ -342,6 +336,24 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             total=state.total,
             error=self.deployments.errors.get(collection.spec.name, ""),
         )
+
+
+async def _at_current_version(
+    collection: Collection, attempt: Callable[[int], Awaitable[T]]
+) -> tuple[T, int]:
+    """`attempt(version)` with the collection's model version, and that version; run again
+    with the new one (at most `_ATTEMPTS` times in all) when the collection swaps meanwhile."""
+    for _ in range(_ATTEMPTS - 1):
+        version = collection.spec.version
+        with contextlib.suppress(VersionChanged):
+            return await attempt(version), version
+    version = collection.spec.version
+    return await attempt(version), version
+
+
+def _embedded(contents: list[tuple[str, Any]]) -> list[int]:
+    """Indices of the contents a model embeds (images and texts)."""
+    return [i for i, (kind, _) in enumerate(contents) if kind in ("image", "text")]
 
 
 def _content(item: index_pb2.Item, i: int) -> tuple[str, Any]:
