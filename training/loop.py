@@ -231,7 +231,9 @@ class Trainer:
 
             return Lars(groups, lr=config.lr, momentum=0.9, trust_clip=True)
         betas = (0.9, 0.98) if config.method == "clip" else (0.9, 0.95)
-        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=1e-6)
+        # one fused kernel for every parameter: ~8% of a tiny CPU step, more on a GPU
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=1e-6, fused=fused)
 
     def _checkpoint_of(self, ref: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
         """The weights checkpoint of repository version `NAME[:VERSION]`."""
@@ -271,6 +273,7 @@ class Trainer:
         config = self.config
         stop = min(self.total, until or self.total)
         if self.step == 0 and config.baseline and self.test_set is not None:
+            self._calibrate()
             self.baseline = evaluate(self.method, self.train_set, self.test_set, config.templates)
             self._log({"step": 0, "eval": self.baseline, "baseline": True})
         bar = tqdm(
@@ -346,7 +349,18 @@ class Trainer:
             return self.model(inputs)
         return self.method.loss(inputs)
 
+    def _calibrate(self, most: int = 20_000) -> None:
+        """Refits the embedding's data statistics (MAE's whitening) to the current weights, on
+        up to `most` training images chosen by the seed."""
+        pixels = self.train_set.pixels
+        if len(pixels) > most:
+            generator = torch.Generator().manual_seed(self.config.seed)
+            pixels = pixels[torch.randperm(len(pixels), generator=generator)[:most]]
+        self.method.calibrate(pixels)
+
     def _evaluate(self) -> dict[str, float]:
+        """Calibrates, then evaluates on the held-out set (when there is one)."""
+        self._calibrate()
         if self.test_set is None:
             return {}
         return evaluate(self.method, self.train_set, self.test_set, self.config.templates)

@@ -15,6 +15,7 @@ from training.distributed import gather_with_grad
 from training.encoders import clip_model, image_size, vision_tower
 from training.heads import MAEDecoder, ProjectionHead, encode_visible, patchify
 from training.losses import clip_loss, masked_pixel_loss, nt_xent
+from training.whitening import Whitening
 
 METHODS = ("clip", "simclr", "mae")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,6 +45,10 @@ class Method(nn.Module):
     def image_encoder(self) -> nn.Module:
         """The module exported as `image.onnx`: normalised pixels → (N, dim)."""
         raise NotImplementedError
+
+    def calibrate(self, pixels: torch.Tensor) -> None:
+        """Fits what the embedding learns from data rather than by gradient (MAE's whitening)
+        on uint8 training images (N, 3, S, S). Nothing for CLIP and SimCLR."""
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +112,8 @@ class SimCLRMethod(Method):
 
 class MAEMethod(Method):
     """MAE: the ViT encoder sees 25% of the patches, a small decoder rebuilds the pixels of
-    the rest (He et al., 2021). Embeddings: mean of the patch tokens over all patches."""
+    the rest (He et al., 2021). Embeddings: the mean of the patch tokens over all patches,
+    whitened with statistics of the training images (`training/whitening.py`)."""
 
     kind = "mae"
 
@@ -131,9 +137,22 @@ class MAEMethod(Method):
             self.patch * self.patch * 3,
             **(decoder or config.get("mae_decoder", {})),
         )
+        self.whiten = Whitening(self.encoder.transformer.width)
 
     def image_encoder(self) -> nn.Module:
-        return self.encoder
+        return nn.Sequential(self.encoder, self.whiten)
+
+    @torch.no_grad()
+    def calibrate(self, pixels: torch.Tensor, batch: int = 512) -> None:
+        was_training = self.training
+        self.eval()
+        device = self.mean.device
+        tokens = [
+            self.encoder(self.normalize(pixels[i : i + batch].to(device))).float()
+            for i in range(0, len(pixels), batch)
+        ]
+        self.whiten.fit(torch.cat(tokens))
+        self.train(was_training)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = self.normalize(batch["pixels"])

@@ -17,6 +17,7 @@ from training.losses import (
     nt_xent,
 )
 from training.masking import random_masking
+from training.whitening import Whitening
 
 
 def nt_xent_reference(z_a: torch.Tensor, z_b: torch.Tensor, t: float) -> torch.Tensor:
@@ -115,3 +116,25 @@ def test_masking_keeps_exactly_the_ratio(length, ratio):
         assert torch.equal(restored[mask[n] == 0], kept)
     with pytest.raises(ValueError):
         random_masking(x, 1.0)
+
+
+def test_whitening_is_identity_until_fitted_then_decorrelates():
+    whiten = Whitening(4, shrink=0.0)
+    x = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(whiten(x.float()), x.float())
+    mixed = x @ torch.tensor([[3.0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0.1, 0], [1, 0, 0, 2]]).double()
+    whiten.fit(mixed + 5)
+    out = whiten((mixed + 5).float()).double()
+    assert out.mean(0).abs().max() < 1e-4
+    assert torch.allclose(torch.cov(out.T), torch.eye(4, dtype=torch.float64), atol=1e-3)
+
+
+def test_whitening_shrinks_small_eigenvalues():
+    """A direction with almost no variance is scaled up far less than full whitening would."""
+    whiten = Whitening(2, shrink=0.01)
+    x = torch.randn(5000, 2, generator=torch.Generator().manual_seed(1))
+    x[:, 1] *= 1e-4
+    whiten.fit(x)
+    out = whiten(x)
+    assert out[:, 0].std() == pytest.approx(1.0, rel=0.02)
+    assert out[:, 1].std() < 0.02

@@ -41,8 +41,8 @@ def train(method: str, tmp_path):
 def test_clip(tmp_path):
     _, result, _ = train("clip", tmp_path)
     trained, random = result["eval"], result["baseline"]
-    # seeds 0-2: loss 2.39-2.48 of chance ln 128 = 4.85; zero-shot 0.915-0.927 (random
-    # init 0.08-0.11); kNN 0.912-0.928 (random init 0.51-0.53)
+    # seeds 0-2: loss 2.37-2.49 of chance ln 128 = 4.85; zero-shot 0.916-0.922 (random
+    # init 0.08-0.11); kNN 0.917-0.928 (random init 0.51-0.53)
     assert result["final_loss"] < 0.6 * math.log(PLANS["clip"]["batch_size"])
     assert trained["zero_shot_top1"] >= 0.88 and random["zero_shot_top1"] < 0.2
     assert trained["knn_top1"] >= 0.90
@@ -52,8 +52,8 @@ def test_clip(tmp_path):
 def test_simclr(tmp_path):
     trainer, result, before = train("simclr", tmp_path)
     trained, random = result["eval"], result["baseline"]
-    # seeds 0-2: loss 2.30-2.35 of chance ln 511 = 6.24; the other view 0.855-0.910 (random
-    # init 0.062-0.070); kNN 0.902-0.924 (random init 0.48-0.58): the 0.90 gate is met, just
+    # seeds 0-2: loss 2.26-2.30 of chance ln 511 = 6.24; the other view 0.887-0.938 (random
+    # init 0.062-0.070); kNN 0.901-0.929 (random init 0.48-0.58): the 0.90 gate is met, just
     assert result["final_loss"] < 0.45 * math.log(2 * PLANS["simclr"]["batch_size"] - 1)
     assert view_retrieval_top1(trainer.method, trainer.test_set) >= before + 0.6
     assert trained["knn_top1"] >= 0.88
@@ -63,12 +63,13 @@ def test_simclr(tmp_path):
 def test_mae(tmp_path):
     _, result, _ = train("mae", tmp_path)
     trained, random = result["eval"], result["baseline"]
-    # seeds 0-2: loss 0.330-0.355 (predicting zeros: 0.979; the background patch everywhere:
-    # 0.592); kNN 0.570-0.637 against 0.367-0.388 at random init (the 0.90 gate is not met);
-    # linear probe 0.665-0.750 against 0.315-0.353
-    assert result["final_loss"] < 0.45
+    # seeds 0-2: loss 0.327-0.334 (predicting zeros: 0.995); kNN on the whitened mean of the
+    # patch tokens 0.903-0.920 against 0.734-0.754 at random init (whitened alike): the 0.90
+    # gate is met, just; linear probe 0.885-0.896 against 0.679-0.688
+    assert result["final_loss"] < 0.40
+    assert trained["knn_top1"] >= 0.88
     assert trained["knn_top1"] >= random["knn_top1"] + 0.12
-    assert trained["linear_probe_top1"] >= random["linear_probe_top1"] + 0.25
+    assert trained["linear_probe_top1"] >= random["linear_probe_top1"] + 0.15
 
 
 def test_demonstration_model_of_make_serve(tmp_path):

@@ -21,8 +21,7 @@ def masked_pixel_loss(
         Returns: a scalar.
     """
     if norm_pix:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
+        var, mean = torch.var_mean(target, dim=-1, keepdim=True)
         target = (target - mean) / (var + 1e-6) ** 0.5
     per_patch = ((prediction - target) ** 2).mean(dim=-1)  # (N, L)
     return (per_patch * mask).sum() / mask.sum()
