@@ -6,8 +6,8 @@ async with AsyncLensClient() as lens:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from lens_client import codec
 from lens_client.codec import Embeddings, ImageLike, LensClientError
+
+T = TypeVar("T")
 
 
 class AsyncLensClient:
@@ -104,40 +106,45 @@ class AsyncLensClient:
             bar.close()
 
     async def models(self) -> list[dict[str, Any]]:
-        try:
-            response = await self._models.ListModels(
-                models_pb2.ListModelsRequest(), timeout=self.timeout
-            )
-        except grpc.RpcError as e:
-            raise LensClientError.from_rpc(e) from None
+        response = await _unary(
+            self._models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout)
+        )
         return [codec.model_dict(m) for m in response.models]
 
     async def get_model(self, name: str) -> dict[str, Any]:
-        try:
-            info = await self._models.GetModel(
-                models_pb2.GetModelRequest(name=name), timeout=self.timeout
-            )
-        except grpc.RpcError as e:
-            raise LensClientError.from_rpc(e) from None
-        return codec.model_dict(info)
+        request = models_pb2.GetModelRequest(name=name)
+        return codec.model_dict(await _unary(self._models.GetModel(request, timeout=self.timeout)))
 
     async def deploy(self, name: str, version: int = 0, *, keep_collections: bool = False) -> dict:
         """As `LensClient.deploy`: serve `version` (0: the newest) with no failed request."""
         request = models_pb2.DeployRequest(
             name=name, version=version, keep_collections=keep_collections
         )
-        try:
-            return codec.deploy_dict(await self._models.Deploy(request, timeout=self.timeout))
-        except grpc.RpcError as e:
-            raise LensClientError.from_rpc(e) from None
+        return codec.deploy_dict(await _unary(self._models.Deploy(request, timeout=self.timeout)))
 
     async def rollback(self, name: str, *, keep_collections: bool = False) -> dict:
         """As `LensClient.rollback`: serve again the version deployed before."""
         request = models_pb2.RollbackRequest(name=name, keep_collections=keep_collections)
-        try:
-            return codec.deploy_dict(await self._models.Rollback(request, timeout=self.timeout))
-        except grpc.RpcError as e:
-            raise LensClientError.from_rpc(e) from None
+        return codec.deploy_dict(await _unary(self._models.Rollback(request, timeout=self.timeout)))
+
+    async def load_model(self, model: str) -> dict[str, Any]:
+        """As `LensClient.load_model`: load `NAME[:VERSION]` beside the loaded versions."""
+        ref = codec.parse_model(model)
+        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        return codec.model_dict(await _unary(self._models.LoadModel(request, timeout=self.timeout)))
+
+    async def unload_model(self, model: str) -> dict[str, Any]:
+        """As `LensClient.unload_model`: unload `NAME:VERSION` (or every version of NAME)."""
+        ref = codec.parse_model(model)
+        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        call = self._models.UnloadModel(request, timeout=self.timeout)
+        return codec.model_dict(await _unary(call))
+
+    async def reload_models(self) -> list[dict[str, Any]]:
+        """As `LensClient.reload_models`: have the server read its repository now."""
+        request = models_pb2.ReloadRepositoryRequest()
+        response = await _unary(self._models.ReloadRepository(request, timeout=self.timeout))
+        return [codec.model_dict(m) for m in response.models]
 
     async def healthy(self, service: str = "") -> bool:
         try:
@@ -156,6 +163,14 @@ class AsyncLensClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _unary(call: Awaitable[T]) -> T:
+    """The response of a unary call; its gRPC error as a LensClientError."""
+    try:
+        return await call
+    except grpc.RpcError as e:
+        raise LensClientError.from_rpc(e) from None
 
 
 async def _aiter(

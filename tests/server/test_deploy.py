@@ -511,7 +511,10 @@ def test_the_asyncio_client_deploys_and_rolls_back(served, repo, second_checkpoi
 
     add_version(repo, second_checkpoint)
 
-    async def main() -> tuple[dict, dict, int]:
+    def states(model: dict) -> list[str]:
+        return [v["state"] for v in model["versions"]]
+
+    async def main() -> tuple[dict, dict, int, list[list[str]]]:
         async with AsyncLensClient(served.address) as lens:
             deployed = await lens.deploy("tiny")  # the newest
             served_now = (await lens.get_model("tiny"))["serving_version"]
@@ -519,8 +522,15 @@ def test_the_asyncio_client_deploys_and_rolls_back(served, repo, second_checkpoi
             with pytest.raises(LensClientError) as none_left:
                 await lens.rollback("tiny")
             assert none_left.value.code == grpc.StatusCode.FAILED_PRECONDITION
-            return deployed, back, served_now
+            seen = [states(await lens.load_model("tiny:2"))]
+            seen.append(states(await lens.unload_model("tiny:2")))
+            seen.append(states((await lens.reload_models())[0]))
+            with pytest.raises(LensClientError) as serving:
+                await lens.unload_model("tiny:1")
+            assert serving.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            return deployed, back, served_now, seen
 
-    deployed, back, served_now = asyncio.run(main())
+    deployed, back, served_now, seen = asyncio.run(main())
     assert (deployed["version"], deployed["previous_version"], served_now) == (2, 1, 2)
     assert (back["version"], back["previous_version"]) == (1, 2)
+    assert seen == [["serving", "ready"], ["serving", "available"], ["serving", "available"]]
