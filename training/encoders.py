@@ -41,10 +41,25 @@ def image_size(config: dict[str, Any]) -> int:
 
 
 def vision_tower(config: dict[str, Any], **overrides: Any) -> Any:
-    """open_clip's image tower (ViT, or ModifiedResNet when `layers` is a list)."""
+    """open_clip's image tower (ViT, ModifiedResNet when `layers` is a list, or a timm model
+    with `timm_model_name`). `"stem": "cifar"` gives a timm ResNet the stem used for 32×32
+    images (He et al.'s CIFAR ResNets, SimCLR's CIFAR-10 runs): a 3×3 stride-1 convolution
+    and no max-pool, so the first stage sees 32×32 rather than 8×8."""
     from open_clip.model import _build_vision_tower
+    from torch import nn
 
-    return _build_vision_tower(config["embed_dim"], {**config["vision_cfg"], **overrides})
+    vision = {**config["vision_cfg"], **overrides}
+    stem = vision.pop("stem", None)
+    tower = _build_vision_tower(config["embed_dim"], vision)
+    if stem == "cifar":
+        trunk = getattr(tower, "trunk", None)
+        if trunk is None or not hasattr(trunk, "maxpool"):
+            raise ValueError('"stem": "cifar" needs a timm ResNet (timm_model_name)')
+        trunk.conv1 = nn.Conv2d(3, trunk.conv1.out_channels, 3, 1, 1, bias=False)
+        trunk.maxpool = nn.Identity()
+    elif stem is not None:
+        raise ValueError(f"unknown stem {stem!r}: use cifar")
+    return tower
 
 
 def clip_model(config: dict[str, Any]) -> Any:

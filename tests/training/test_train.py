@@ -232,3 +232,35 @@ def test_each_method_defaults_to_its_papers_optimizer(tmp_path):
     assert type(trainer.optimizer).__name__ == "Lars"
     result = trainer.run()
     assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+
+
+def test_cifar_stem_keeps_32_pixel_images_whole():
+    """`resnet18-32` (SimCLR's CIFAR ResNet-18): a 3×3 stride-1 stem and no max-pool."""
+    from training.encoders import load_arch, vision_tower
+
+    _, arch = load_arch("resnet18-32")
+    trunk = vision_tower(arch).trunk
+    assert trunk.conv1.kernel_size == (3, 3) and trunk.conv1.stride == (1, 1)
+    assert isinstance(trunk.maxpool, torch.nn.Identity)
+    with torch.no_grad():
+        assert trunk.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (4, 4)
+    with pytest.raises(ValueError, match="needs a timm ResNet"):
+        vision_tower(load_arch("lens-tiny-vit")[1], stem="cifar")
+
+
+def test_training_speed_benchmark_runs(tmp_path):
+    """bench/train_speed.py, which measures the GPU targets, runs end to end (tiny, CPU)."""
+    from tests.conftest import ROOT
+
+    out = tmp_path / "speed.json"
+    command = [str(LENS.with_name("python")), str(ROOT / "bench" / "train_speed.py"), "--tiny"]
+    result = subprocess.run(
+        [*command, "--steps", "1", "--warmup", "0", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["simclr", "clip", "mae"]
+    assert all(r["images_per_s"] > 0 for r in rows) and rows[2]["unmasked_images_per_s"] > 0
