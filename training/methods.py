@@ -142,6 +142,13 @@ class MAEMethod(Method):
     def image_encoder(self) -> nn.Module:
         return nn.Sequential(self.encoder, self.whiten)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # runs before the children load: checkpoints from before the whitening load unwhitened
+        unwhitened = Whitening(len(self.whiten.mean)).to(self.whiten.mean.device)
+        for name, buffer in unwhitened.named_buffers():
+            state_dict.setdefault(f"{prefix}whiten.{name}", buffer)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     @torch.no_grad()
     def calibrate(self, pixels: torch.Tensor, batch: int = 512) -> None:
         was_training = self.training

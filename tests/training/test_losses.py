@@ -138,3 +138,16 @@ def test_whitening_shrinks_small_eigenvalues():
     out = whiten(x)
     assert out[:, 0].std() == pytest.approx(1.0, rel=0.02)
     assert out[:, 1].std() < 0.02
+
+
+def test_mae_checkpoints_from_before_the_whitening_load_unwhitened():
+    from training.encoders import load_arch
+    from training.methods import build
+
+    method = build("mae", load_arch("lens-tiny-vit")[1])
+    old = {k: v for k, v in method.state_dict().items() if not k.startswith("whiten.")}
+    fresh = build("mae", load_arch("lens-tiny-vit")[1])
+    fresh.whiten.fit(torch.randn(100, 64))
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.whiten.matrix, torch.eye(64))
+    assert torch.equal(fresh.whiten.mean, torch.zeros(64))
