@@ -1,7 +1,7 @@
 """`lens export RUN_DIR`: a trained run → a servable version in the repository.
 
 SimCLR exports its encoder without the projection head; MAE its encoder on all patches (no
-masking), decoder dropped, mean-pooled as it was evaluated; CLIP both towers and the
+masking), decoder dropped, mean-pooled and whitened as it was evaluated; CLIP both towers and the
 tokenizer. Parity against the PyTorch model is checked and recorded; the evaluation metrics,
 the training configuration and the dataset go into the manifest, and the weights
 (`checkpoint.pt`, without optimiser state) beside it so the version can be fine-tuned.
