@@ -29,20 +29,9 @@ DIGIT_TEMPLATES = (
 )
 
 
-@torch.no_grad()
-def features(method: Method, data: ImageSet, batch: int = 512) -> torch.Tensor:
+def features(method: Method, data: ImageSet) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) of a whole set, in eval mode."""
-    was_training = method.training
-    method.eval()
-    device = method.mean.device
-    out = torch.cat(
-        [
-            method.encode(data.pixels[i : i + batch].to(device)).float().cpu()
-            for i in range(0, len(data), batch)
-        ]
-    )
-    method.train(was_training)
-    return F.normalize(out, dim=1)
+    return F.normalize(method.encode(data.pixels), dim=1)
 
 
 def knn_top1(
@@ -137,14 +126,8 @@ def view_retrieval_top1(method: Method, data: ImageSet, candidates: int = 256) -
     torch.manual_seed(1234)  # the same views for every model compared
     a, b = augment(pixels), augment(pixels)
     torch.set_rng_state(state)
-    device = method.mean.device
-    was_training = method.training
-    method.eval()
-    with torch.no_grad():
-        fa = F.normalize(method.image_encoder()(method.normalize(a.to(device))).float(), dim=1)
-        fb = F.normalize(method.image_encoder()(method.normalize(b.to(device))).float(), dim=1)
-    method.train(was_training)
-    return float(((fa @ fb.T).argmax(1).cpu() == torch.arange(len(pixels))).float().mean())
+    fa, fb = (F.normalize(method.encode(view), dim=1) for view in (a, b))
+    return float(((fa @ fb.T).argmax(1) == torch.arange(len(pixels))).float().mean())
 
 
 def chance(method: str, batch: int) -> float:

@@ -273,8 +273,7 @@ class Trainer:
         config = self.config
         stop = min(self.total, until or self.total)
         if self.step == 0 and config.baseline and self.test_set is not None:
-            self._calibrate()
-            self.baseline = evaluate(self.method, self.train_set, self.test_set, config.templates)
+            self.baseline = self._evaluate()
             self._log({"step": 0, "eval": self.baseline, "baseline": True})
         bar = tqdm(
             total=self.total,

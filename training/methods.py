@@ -51,9 +51,23 @@ class Method(nn.Module):
         on uint8 training images (N, 3, S, S). Nothing for CLIP and SimCLR."""
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels → image embeddings (N, dim), as the exported tower computes them."""
-        return self.image_encoder()(self.normalize(pixels))
+    def encode(
+        self, pixels: torch.Tensor, module: nn.Module | None = None, batch: int = 512
+    ) -> torch.Tensor:
+        """uint8 (or [0, 1] float) pixels (N, 3, S, S) → the outputs of `module` (default: the
+        exported image tower, so its embeddings) in eval mode, in batches, float32 on the CPU."""
+        module = module or self.image_encoder()
+        was_training = self.training
+        self.eval()
+        device = self.mean.device
+        out = torch.cat(
+            [
+                module(self.normalize(pixels[i : i + batch].to(device))).float().cpu()
+                for i in range(0, len(pixels), batch)
+            ]
+        )
+        self.train(was_training)
+        return out
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -149,17 +163,8 @@ class MAEMethod(Method):
             state_dict.setdefault(f"{prefix}whiten.{name}", buffer)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    @torch.no_grad()
-    def calibrate(self, pixels: torch.Tensor, batch: int = 512) -> None:
-        was_training = self.training
-        self.eval()
-        device = self.mean.device
-        tokens = [
-            self.encoder(self.normalize(pixels[i : i + batch].to(device))).float()
-            for i in range(0, len(pixels), batch)
-        ]
-        self.whiten.fit(torch.cat(tokens))
-        self.train(was_training)
+    def calibrate(self, pixels: torch.Tensor) -> None:
+        self.whiten.fit(self.encode(pixels, self.encoder))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = self.normalize(batch["pixels"])

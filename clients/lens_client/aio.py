@@ -129,16 +129,14 @@ class AsyncLensClient:
 
     async def load_model(self, model: str) -> dict[str, Any]:
         """As `LensClient.load_model`: load `NAME[:VERSION]` beside the loaded versions."""
-        ref = codec.parse_model(model)
-        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        request = codec.version_request(model)
         return codec.model_dict(await _unary(self._models.LoadModel(request, timeout=self.timeout)))
 
     async def unload_model(self, model: str) -> dict[str, Any]:
         """As `LensClient.unload_model`: unload `NAME:VERSION` (or every version of NAME)."""
-        ref = codec.parse_model(model)
-        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
-        call = self._models.UnloadModel(request, timeout=self.timeout)
-        return codec.model_dict(await _unary(call))
+        request = codec.version_request(model)
+        response = await _unary(self._models.UnloadModel(request, timeout=self.timeout))
+        return codec.model_dict(response)
 
     async def reload_models(self) -> list[dict[str, Any]]:
         """As `LensClient.reload_models`: have the server read its repository now."""

@@ -162,15 +162,13 @@ class LensClient(CollectionCalls, ClassifyCalls):
     @rpc_errors
     def load_model(self, model: str) -> dict[str, Any]:
         """Loads `NAME[:VERSION]` (default: the newest version) beside the loaded ones."""
-        ref = codec.parse_model(model)
-        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        request = codec.version_request(model)
         return codec.model_dict(self._models.LoadModel(request, timeout=self.timeout))
 
     @rpc_errors
     def unload_model(self, model: str) -> dict[str, Any]:
         """Unloads `NAME:VERSION` (or every version of NAME) once its requests finish."""
-        ref = codec.parse_model(model)
-        request = models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+        request = codec.version_request(model)
         return codec.model_dict(self._models.UnloadModel(request, timeout=self.timeout))
 
     @rpc_errors

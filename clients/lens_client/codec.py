@@ -162,6 +162,12 @@ def join(parts: Sequence[Embeddings]) -> Embeddings:
     return Embeddings(np.concatenate([p.vectors for p in parts]), parts[0].model, parts[0].version)
 
 
+def version_request(model: str) -> models_pb2.ModelVersionRequest:
+    """`NAME[:VERSION]` → the request of LoadModel and UnloadModel."""
+    ref = parse_model(model)
+    return models_pb2.ModelVersionRequest(name=ref.name, version=ref.version)
+
+
 def deploy_dict(response: models_pb2.DeployResponse) -> dict[str, Any]:
     return {
         "model": response.model.name,
