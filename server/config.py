@@ -58,6 +58,9 @@ class Limits:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+ENGINES = ("auto", "onnx", "program")
+
+
 def _default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -66,10 +69,15 @@ def _default_workers() -> int:
 class RuntimeConfig:
     """How ONNX Runtime runs the towers.
 
-    `providers` lists execution providers in order of preference; those not present on the
-    machine are skipped, the CPU provider is always last. `intra_op_threads` = 0 lets ONNX
-    Runtime use one thread per physical core.
+    `engine` picks what runs a tower: `auto` (ONNX Runtime, or on a GPU the version's fp16
+    program where a warm-up measurement finds it faster and within parity), `onnx`, or
+    `program` (the fp16 program, on the GPU or else the CPU). `providers` lists ONNX Runtime
+    execution providers in order of preference; those not present on the machine are skipped,
+    the CPU provider is always last. `intra_op_threads` = 0 lets ONNX Runtime use one thread
+    per physical core.
     """
+
+    engine: str = "auto"
 
     providers: tuple[str, ...] = (
         "TensorrtExecutionProvider",
@@ -81,6 +89,8 @@ class RuntimeConfig:
     decode_workers: int = field(default_factory=_default_workers)
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
         if self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         if self.decode_workers < 1:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -18,8 +19,14 @@ from server.batching import Batcher
 from server.config import ServerConfig
 from server.errors import FailedPrecondition, InvalidInput
 from server.preprocess import ImagePreprocessor, TextTokenizer
-from server.repository.manifest import Manifest, parity_failures, sha256, verify_files
-from server.runtime import OnnxTower, Tower
+from server.repository.manifest import (
+    ImageSpec,
+    Manifest,
+    parity_failures,
+    sha256,
+    verify_files,
+)
+from server.runtime.choose import Choice, open_tower
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +40,9 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, np.float32(1e-12))
 
 
-def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[str, Tower]:
+def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[str, Choice]:
     """Checks the version's files against their sha256 and its recorded parity, and opens its
-    towers in ONNX Runtime.
+    towers on the runtime `config.runtime` picks (see `server.runtime.choose`).
 
     Blocking (seconds for large models): call it off the event loop.
     """
@@ -44,11 +51,51 @@ def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[
             f"{folder}: the manifest records failed parity ({'; '.join(failures)})"
         )
     verify_files(folder, manifest)
-    towers: dict[str, Tower] = {}
-    for modality, spec in (("image", manifest.image), ("text", manifest.text)):
-        if spec:
-            towers[modality] = OnnxTower(folder / spec.file, config.runtime, manifest.dim)
+    towers: dict[str, Choice] = {}
+    batch = config.batch.max_batch_size
+    if spec := manifest.image:
+        towers["image"] = open_tower(
+            folder / spec.file,
+            _program(folder, manifest, "image"),
+            manifest.dim,
+            config.runtime,
+            batch,
+            partial(_image_probe, spec),
+        )
+    if text := manifest.text:
+        tokenizer = TextTokenizer(text, folder / text.tokenizer)
+        towers["text"] = open_tower(
+            folder / text.file,
+            _program(folder, manifest, "text"),
+            manifest.dim,
+            config.runtime,
+            batch,
+            partial(_text_probe, tokenizer),
+        )
     return towers
+
+
+def _program(folder: Path, manifest: Manifest, modality: str) -> Path | None:
+    """The tower's fp16 program, if the version has one that passed parity at export."""
+    spec = manifest.image if modality == "image" else manifest.text
+    recorded = manifest.parity.get(f"{modality}.program", {})
+    passed = recorded.get("min_cosine", 0.0) >= recorded.get("threshold", 1.0)
+    return folder / spec.program if spec and spec.program and passed else None
+
+
+def _image_probe(spec: ImageSpec, n: int) -> np.ndarray:
+    """n images of seeded noise, preprocessed: (n, 3, size, size)."""
+    pixels = np.random.default_rng(0).random((n, 3, spec.size, spec.size), dtype=np.float32)
+    mean = np.asarray(spec.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std, np.float32).reshape(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def _text_probe(tokenizer: TextTokenizer, n: int) -> np.ndarray:
+    """n tokenized sentences: (n, context_length)."""
+    words = ("a", "photo", "of", "the", "cat", "dog", "red", "car", "in", "snow", "at", "night")
+    rng = np.random.default_rng(0)
+    return tokenizer([" ".join(rng.choice(words, size=1 + i % 12)) for i in range(n)])
 
 
 def weight_bytes(manifest: Manifest, folder: Path) -> int:
@@ -69,7 +116,7 @@ class LoadedVersion:
         folder: Path,
         config: ServerConfig,
         decode_pool: Executor,
-        towers: dict[str, Tower],
+        towers: dict[str, Choice],
     ) -> None:
         self.manifest = manifest
         self.folder = folder
@@ -81,11 +128,12 @@ class LoadedVersion:
         label = f"{manifest.name}:{manifest.version}"
         if manifest.image:
             self.image = ImagePreprocessor(manifest.image, config.limits)
-            self.batchers["image"] = Batcher(f"{label}/image", towers["image"], config.batch)
+            self.batchers["image"] = Batcher(f"{label}/image", towers["image"].tower, config.batch)
         if manifest.text:
             self.text = TextTokenizer(manifest.text, folder / manifest.text.tokenizer)
-            self.batchers["text"] = Batcher(f"{label}/text", towers["text"], config.batch)
-        self.providers = sorted({p for t in towers.values() for p in t.providers})
+            self.batchers["text"] = Batcher(f"{label}/text", towers["text"].tower, config.batch)
+        self.runtimes = towers
+        self.providers = sorted({p for c in towers.values() for p in c.tower.providers})
         self.memory_bytes = weight_bytes(manifest, folder)
         self.in_flight = 0
         self._idle = asyncio.Event()

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from server.config import ServerConfig
@@ -29,6 +29,7 @@ from server.errors import (
 )
 from server.model import LoadedVersion, open_towers, weight_bytes
 from server.repository import Deployed, Manifest, Repository
+from server.runtime.choose import Choice
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class VersionStatus:
     providers: tuple[str, ...] = ()
     memory_bytes: int = 0
     in_flight: int = 0
+    # For a loaded version: the runtime each tower runs on, and what the choice measured.
+    runtimes: dict[str, Choice] = field(default_factory=dict)
 
 
 class Registry:
@@ -331,6 +334,7 @@ class Registry:
                 tuple(loaded.providers),
                 loaded.memory_bytes,
                 loaded.in_flight,
+                loaded.runtimes,
             )
         try:
             manifest: Manifest | None = self.repo.manifest(name, version)

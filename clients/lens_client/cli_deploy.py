@@ -120,3 +120,16 @@ def _print_models(found: list[dict[str, Any]], as_json: bool) -> None:
             on = f" on {', '.join(v['providers'])}" if v["providers"] else ""
             held = f", {v['memory_bytes'] / 2**20:.1f} MiB" if v["memory_bytes"] else ""
             typer.echo(f"  version {v['version']}: {v['state']}{on}{held}  [{v['source']}]{reason}")
+            for modality, runtime in v["runtimes"].items():
+                trials = "; ".join(
+                    _trial(t) for t in runtime["trials"] if len(runtime["trials"]) > 1
+                )
+                typer.echo(
+                    f"    {modality}: {runtime['runtime']}" + (f" ({trials})" if trials else "")
+                )
+
+
+def _trial(t: dict[str, Any]) -> str:
+    if t["error"]:
+        return f"{t['runtime']}: {t['error']}"
+    return f"{t['runtime']} {t['items_per_second']:,.0f}/s, cosine {t['min_cosine']:.5f}"

@@ -206,6 +206,22 @@ def model_dict(info: models_pb2.ModelInfo) -> dict[str, Any]:
                 "text_parity": v.text_parity,
                 "memory_bytes": v.memory_bytes,
                 "in_flight": v.in_flight,
+                "runtimes": {
+                    common_pb2.Modality.Name(r.modality).removeprefix("MODALITY_").lower(): {
+                        "runtime": r.runtime,
+                        "trials": [
+                            {
+                                "runtime": t.runtime,
+                                "providers": list(t.providers),
+                                "items_per_second": t.items_per_second,
+                                "min_cosine": t.min_cosine,
+                                "error": t.error,
+                            }
+                            for t in r.trials
+                        ],
+                    }
+                    for r in v.runtimes
+                },
             }
             for v in info.versions
         ],

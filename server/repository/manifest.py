@@ -49,6 +49,8 @@ class ImageSpec:
     crop_offset: str = "round"
     rgb: str = "after-crop"
     file: str = "image.onnx"
+    # The same tower as an fp16 `torch.export` program, for GPUs; "" when there is none.
+    program: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("image.resize", self.resize, RESIZE_MODES)
@@ -79,6 +81,8 @@ class TextSpec:
     clean: str = "openclip"
     tokenizer: str = "tokenizer.json"
     file: str = "text.onnx"
+    # The same tower as an fp16 `torch.export` program, for GPUs; "" when there is none.
+    program: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("text.clean", self.clean, TEXT_CLEANERS)
@@ -100,8 +104,9 @@ class Manifest:
     opset: int = 18
     # sha256 of every file of the version but the manifest.
     files: dict[str, str] = field(default_factory=dict)
-    # Lowest cosine similarity between the exported towers and their source, per tower, and
-    # what it was measured on.
+    # Lowest cosine similarity between the exported towers and their source, per tower ("image",
+    # "text"; "image.program" and "text.program" for the fp16 programs), and what it was
+    # measured on.
     parity: dict[str, Any] = field(default_factory=dict)
     # Where the weights came from: {"type": "openclip", "arch": ..., "pretrained": ...}.
     source: dict[str, Any] = field(default_factory=dict)
@@ -168,7 +173,8 @@ def sha256(path: Path) -> str:
 
 def verify_files(folder: Path, manifest: Manifest) -> None:
     """Checks every file the manifest lists against its sha256; raises on the first mismatch."""
-    needed = {s.file for s in (manifest.image, manifest.text) if s}
+    specs = [s for s in (manifest.image, manifest.text) if s]
+    needed = {s.file for s in specs} | {s.program for s in specs if s.program}
     if manifest.text:
         needed.add(manifest.text.tokenizer)
     missing = needed - manifest.files.keys()
@@ -186,9 +192,14 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
 
 
 def parity_failures(manifest: Manifest) -> list[str]:
-    """The towers whose recorded parity is below the threshold it had to reach, described."""
+    """The ONNX towers whose recorded parity is below the threshold it had to reach, described.
+
+    A program's failed parity does not stop the version: the program is simply not used.
+    """
     failures = []
     for tower, figures in sorted(manifest.parity.items()):
+        if "." in tower:
+            continue
         cosine, threshold = figures.get("min_cosine"), figures.get("threshold")
         if cosine is not None and threshold is not None and cosine < threshold:
             failures.append(f"{tower} min cosine {cosine:.6f} < {threshold}")

@@ -118,6 +118,23 @@ def _version(status: VersionStatus) -> models_pb2.VersionInfo:
         providers=list(status.providers),
         memory_bytes=status.memory_bytes,
         in_flight=status.in_flight,
+        runtimes=[
+            models_pb2.TowerRuntime(
+                modality=_MODALITIES[modality],
+                runtime=choice.runtime,
+                trials=[
+                    models_pb2.RuntimeTrial(
+                        runtime=t.runtime,
+                        providers=list(t.providers),
+                        items_per_second=t.items_per_second,
+                        min_cosine=t.min_cosine,
+                        error=t.error,
+                    )
+                    for t in choice.trials
+                ],
+            )
+            for modality, choice in status.runtimes.items()
+        ],
     )
     if manifest := status.manifest:
         info.image_size = manifest.image.size if manifest.image else 0

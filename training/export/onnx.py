@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-OPSET = 18
+OPSET = 23
 MAX_BATCH = 4096
 
 

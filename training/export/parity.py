@@ -29,6 +29,8 @@ SAMPLE_TEXTS = (
     "",
 )
 FP32_THRESHOLD = 0.99999
+# fp16 weights and activations: what the GPU runtime must keep.
+FP16_THRESHOLD = 0.999
 
 T = TypeVar("T")
 

@@ -5,6 +5,7 @@ exporters: lens's own preprocessing and ONNX Runtime on one side, the source mod
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +19,11 @@ from server.config import RuntimeConfig
 from server.preprocess import ImagePreprocessor, TextTokenizer
 from server.repository import Manifest, Repository
 from server.repository.manifest import ImageSpec, TextSpec
-from server.runtime import OnnxTower
-from training.export import onnx, parity
+from server.runtime import OnnxTower, Tower
+from server.runtime.program import ProgramTower
+from training.export import onnx, parity, program
+
+log = logging.getLogger(__name__)
 
 CPU = RuntimeConfig(providers=("CPUExecutionProvider",))
 
@@ -42,16 +46,30 @@ def export_image(
     module: torch.nn.Module,
     dim: int,
     reference: Callable[[Sequence[bytes]], np.ndarray],
-) -> dict[str, Any]:
-    """Exports the image tower into `staged`; returns its parity figures (or ParityError)."""
-    onnx.export(module, torch.zeros(2, 3, spec.size, spec.size), staged / spec.file)
+) -> tuple[ImageSpec, dict[str, Any]]:
+    """Exports the image tower into `staged`: the ONNX graph, then the fp16 program. Returns
+    the spec (naming the program if it passed parity) and the parity figures (or ParityError
+    for the ONNX graph)."""
+    example = torch.zeros(2, 3, spec.size, spec.size)
+    onnx.export(module, example, staged / spec.file)
     preprocess = ImagePreprocessor(spec)
-    tower = OnnxTower(staged / spec.file, CPU, dim)
+    samples = parity.sample_images()
 
-    def candidate(images: Sequence[bytes]) -> np.ndarray:
-        return tower(np.stack([preprocess(b) for b in images]))
+    def with_tower(tower: Tower) -> Callable[[Sequence[bytes]], np.ndarray]:
+        return lambda images: tower(np.stack([preprocess(b) for b in images]))
 
-    return parity.check("image", parity.sample_images(), reference, candidate)
+    figures = {
+        "image": parity.check("image", samples, reference, with_tower(_onnx(staged, spec, dim)))
+    }
+    program = _export_program(staged, "image", module, example, dim)
+    if program is not None:
+        file, tower = program
+        if checked := _check_program("image", samples, reference, with_tower(tower)):
+            figures["image.program"] = checked
+            spec = replace(spec, program=file)
+        else:
+            (staged / file).unlink()
+    return spec, figures
 
 
 def export_text(
@@ -60,16 +78,62 @@ def export_text(
     module: torch.nn.Module,
     dim: int,
     reference: Callable[[Sequence[str]], np.ndarray],
-) -> dict[str, Any]:
-    """Exports the text tower (its tokenizer must already be in `staged`); parity figures."""
+) -> tuple[TextSpec, dict[str, Any]]:
+    """Exports the text tower (its tokenizer must already be in `staged`), as `export_image`."""
     example = torch.full((2, spec.context_length), spec.pad_id, dtype=torch.long)
     example[:, 0], example[:, 1] = spec.sot_id, spec.eot_id
     onnx.export(module, example, staged / spec.file)
     tokenize = TextTokenizer(spec, staged / spec.tokenizer)
-    tower = OnnxTower(staged / spec.file, CPU, dim)
-    return parity.check(
-        "text", parity.SAMPLE_TEXTS, reference, lambda texts: tower(tokenize(list(texts)))
-    )
+
+    def with_tower(tower: Tower) -> Callable[[Sequence[str]], np.ndarray]:
+        return lambda texts: tower(tokenize(list(texts)))
+
+    samples = parity.SAMPLE_TEXTS
+    figures = {
+        "text": parity.check("text", samples, reference, with_tower(_onnx(staged, spec, dim)))
+    }
+    program = _export_program(staged, "text", module, example, dim)
+    if program is not None:
+        file, tower = program
+        if checked := _check_program("text", samples, reference, with_tower(tower)):
+            figures["text.program"] = checked
+            spec = replace(spec, program=file)
+        else:
+            (staged / file).unlink()
+    return spec, figures
+
+
+def _onnx(staged: Path, spec: ImageSpec | TextSpec, dim: int) -> OnnxTower:
+    return OnnxTower(staged / spec.file, CPU, dim)
+
+
+def _export_program(
+    staged: Path, modality: str, module: torch.nn.Module, example: torch.Tensor, dim: int
+) -> tuple[str, Tower] | None:
+    """The tower as an fp16 program, opened on the CPU; None (logged) where torch.export
+    cannot trace it: the version is then served from ONNX alone."""
+    file = f"{modality}.pt2"
+    try:
+        program.export_fp16(module, example, staged / file)
+        return file, ProgramTower(staged / file, dim, "cpu", max_batch=1)
+    except Exception as e:  # torch.export raises many types on untraceable code
+        log.warning("%s tower: no fp16 program (%s: %s)", modality, type(e).__name__, e)
+        (staged / file).unlink(missing_ok=True)
+        return None
+
+
+def _check_program(
+    tower: str,
+    samples: Sequence[Any],
+    reference: Callable[[Sequence[Any]], np.ndarray],
+    candidate: Callable[[Sequence[Any]], np.ndarray],
+) -> dict[str, Any] | None:
+    """Parity figures of a program at the fp16 threshold; None (logged) when it misses it."""
+    try:
+        return parity.check(tower, samples, reference, candidate, parity.FP16_THRESHOLD)
+    except parity.ParityError as e:
+        log.warning("fp16 program left out: %s", e)
+        return None
 
 
 def pixels(preprocess: Callable[[Any], torch.Tensor], images: Sequence[bytes]) -> torch.Tensor:
@@ -102,15 +166,19 @@ def export_version(
     with repo.stage(manifest.name) as staged:
         if write_files:
             write_files(staged)
-        parity = {}
+        parity: dict[str, Any] = {}
         if manifest.image:
             assert image is not None, "the manifest declares an image tower"
-            parity["image"] = export_image(
+            image_spec, figures = export_image(
                 staged, manifest.image, image.module, manifest.dim, image.reference
             )
+            manifest = replace(manifest, image=image_spec)
+            parity.update(figures)
         if manifest.text:
             assert text is not None, "the manifest declares a text tower"
-            parity["text"] = export_text(
+            text_spec, figures = export_text(
                 staged, manifest.text, text.module, manifest.dim, text.reference
             )
-        return repo.commit(staged, replace(manifest, parity=parity))
+            manifest = replace(manifest, text=text_spec)
+            parity.update(figures)
+        return repo.commit(staged, replace(manifest, parity=parity, opset=onnx.OPSET))

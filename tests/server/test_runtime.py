@@ -1,0 +1,188 @@
+"""Runtimes: the fp16 program exported beside each ONNX tower, and the choice between them
+(on the CPU here; the CUDA-graph path runs where a GPU is present)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from lens.v1 import common_pb2, inference_pb2, models_pb2, models_pb2_grpc
+
+from server.config import RuntimeConfig
+from server.errors import FailedPrecondition
+from server.repository import Repository
+from server.runtime.choose import PROGRAM_PARITY, Choice, _measure, open_tower
+from server.runtime.onnx import OnnxTower
+from server.runtime.program import ProgramTower
+from tests.conftest import TINY_ARCH, ServerProcess, encode, photo
+from tests.server.test_grpc import TEXTS, embed, images_in_formats, matrix
+
+CPU = RuntimeConfig(providers=("CPUExecutionProvider",))
+
+
+def _version(repo: Path) -> tuple[dict, Path]:
+    folder = repo / "tiny" / "1"
+    return json.loads((folder / "manifest.json").read_text()), folder
+
+
+def _image_probe(n: int) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, 3, 32, 32)).astype(np.float32)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def test_export_writes_fp16_programs_that_passed_parity(tiny_repo):
+    manifest, folder = _version(tiny_repo)
+    for modality in ("image", "text"):
+        file = manifest[modality]["program"]
+        assert file == f"{modality}.pt2" and (folder / file).is_file()
+        assert file in manifest["files"]
+        figures = manifest["parity"][f"{modality}.program"]
+        assert figures["threshold"] == 0.999 and figures["min_cosine"] >= 0.999
+    assert manifest["opset"] == 23
+    # The image program holds the image tower's weights only, in fp16.
+    image_weights = (folder / "image.pt2").stat().st_size
+    assert image_weights < (folder / "text.pt2").stat().st_size / 4
+
+
+def test_program_runs_the_tower_in_fp16_like_onnx(tiny_repo):
+    manifest, folder = _version(tiny_repo)
+    onnx = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])
+    program = ProgramTower(folder / "image.pt2", manifest["dim"], "cpu", max_batch=8)
+    assert program.input_dtype == torch.float16 and program.providers == ["torch-fp16:cpu"]
+    for n in (1, 3, 8, 20):  # a free batch axis
+        x = _image_probe(n)
+        out = program(x)
+        assert out.dtype == np.float32 and out.shape == (n, manifest["dim"])
+        assert _cosines(onnx(x), out).min() >= PROGRAM_PARITY
+
+
+def test_auto_without_a_gpu_is_onnx_unmeasured(tiny_repo):
+    manifest, folder = _version(tiny_repo)
+    choice = open_tower(
+        folder / "image.onnx", folder / "image.pt2", manifest["dim"], CPU, 8, _image_probe
+    )
+    assert choice.runtime == "onnx" and isinstance(choice.tower, OnnxTower)
+    (trial,) = choice.trials
+    assert trial.items_per_second == 0 and trial.providers == ("CPUExecutionProvider",)
+
+
+def test_measured_choice_takes_the_faster_runtime_within_parity(tiny_repo):
+    manifest, folder = _version(tiny_repo)
+    onnx = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])
+    choice = _measure(onnx, folder / "image.pt2", manifest["dim"], "cpu", "auto", 8, _image_probe)
+    onnx_trial, program_trial = choice.trials
+    assert onnx_trial.items_per_second > 0 and program_trial.items_per_second > 0
+    assert program_trial.min_cosine >= PROGRAM_PARITY and not program_trial.error
+    faster = max(choice.trials, key=lambda t: t.items_per_second)
+    assert choice.runtime == faster.runtime
+
+
+def test_a_program_that_misses_parity_is_not_used(tiny_repo, tmp_path):
+    """The program of another model (different weights) behind this model's ONNX graph."""
+    import open_clip
+
+    from training.export.openclip import import_openclip
+
+    torch.manual_seed(1)
+    other = open_clip.create_model(TINY_ARCH.stem)
+    checkpoint = tmp_path / "other.pt"
+    torch.save(other.state_dict(), checkpoint)
+    import_openclip(Repository(tmp_path), str(TINY_ARCH), "other", pretrained=str(checkpoint))
+    wrong = tmp_path / "other" / "1" / "image.pt2"
+    manifest, folder = _version(tiny_repo)
+    onnx = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])
+    choice = _measure(onnx, wrong, manifest["dim"], "cpu", "auto", 8, _image_probe)
+    assert choice.runtime == "onnx"
+    assert "cosine" in choice.trials[1].error and choice.trials[1].min_cosine < PROGRAM_PARITY
+    with pytest.raises(FailedPrecondition, match="cannot serve: cosine"):
+        _measure(onnx, wrong, manifest["dim"], "cpu", "program", 8, _image_probe)
+
+
+def test_forcing_the_program_without_one_is_refused(tiny_repo):
+    manifest, folder = _version(tiny_repo)
+    forced = dataclasses.replace(CPU, engine="program")
+    with pytest.raises(FailedPrecondition, match="no fp16 program"):
+        open_tower(folder / "image.onnx", None, manifest["dim"], forced, 8, _image_probe)
+    choice = open_tower(folder / "image.onnx", None, manifest["dim"], CPU, 8, _image_probe)
+    assert isinstance(choice, Choice) and choice.runtime == "onnx"
+
+
+def test_server_on_the_program_runtime(tiny_repo, channel):
+    """`lens serve --runtime program` (here on the CPU) answers like the ONNX server, and
+    GetModel says what runs each tower."""
+    images = [*images_in_formats(), encode(photo("coffee"), "JPEG")]
+    texts = [inference_pb2.Input(text=t) for t in TEXTS]
+    inputs = [inference_pb2.Input(image=b) for b in images] + texts
+    expected = matrix(embed(channel, *inputs))
+    server = ServerProcess(tiny_repo, "--runtime", "program", "--max-batch-size", "8")
+    try:
+        with grpc.insecure_channel(server.address) as ours:
+            got = matrix(embed(ours, *inputs))
+            assert _cosines(expected, got).min() >= PROGRAM_PARITY
+            info = models_pb2_grpc.ModelsStub(ours).GetModel(
+                models_pb2.GetModelRequest(name="tiny"), timeout=10
+            )
+    finally:
+        server.stop()
+    (version,) = info.versions
+    runtimes = {r.modality: r for r in version.runtimes}
+    for modality in (common_pb2.MODALITY_IMAGE, common_pb2.MODALITY_TEXT):
+        runtime = runtimes[modality]
+        assert runtime.runtime == "program"
+        onnx_trial, program_trial = runtime.trials
+        assert onnx_trial.runtime == "onnx" and program_trial.providers == ["torch-fp16:cpu"]
+        assert program_trial.min_cosine >= PROGRAM_PARITY
+    assert "torch-fp16:cpu" in version.providers
+
+
+def test_default_server_reports_onnx(channel):
+    info = models_pb2_grpc.ModelsStub(channel).GetModel(
+        models_pb2.GetModelRequest(name="tiny"), timeout=10
+    )
+    (version,) = info.versions
+    assert [r.runtime for r in version.runtimes] == ["onnx", "onnx"]
+    assert all(len(r.trials) == 1 for r in version.runtimes)
+
+
+def test_version_without_programs_still_serves(tiny_repo, tmp_path):
+    """Versions exported before programs existed (no `program` in the manifest) load as before."""
+    from server.repository.manifest import sha256
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo / "tiny", repo / "tiny")
+    folder = repo / "tiny" / "1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for modality in ("image", "text"):
+        (folder / manifest[modality].pop("program")).unlink()
+        manifest["files"].pop(f"{modality}.pt2")
+        manifest["parity"].pop(f"{modality}.program")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert all(sha256(folder / f) == h for f, h in manifest["files"].items())
+    server = ServerProcess(repo)
+    try:
+        with grpc.insecure_channel(server.address) as ours:
+            assert matrix(embed(ours, inference_pb2.Input(text="a cat"))).shape == (1, 32)
+    finally:
+        server.stop()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_match_eager_for_every_bucket(tiny_repo):
+    manifest, folder = _version(tiny_repo)
+    program = ProgramTower(folder / "image.pt2", manifest["dim"], "cuda", max_batch=32)
+    onnx = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])
+    for n in (1, 5, 8, 9, 32, 40):  # in buckets, padded into them, and above the largest
+        x = _image_probe(n)
+        assert _cosines(onnx(x), program(x)).min() >= PROGRAM_PARITY
