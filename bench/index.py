@@ -3,10 +3,15 @@
 For each index type (flat, hnsw, ivf-pq with lens's defaults): add throughput, search QPS and
 latency at k=10 for batches of 1 and 256, recall@10 against exact search, and memory. Also
 the durable write rate of a whole collection (SQLite WAL + FAISS) for upserts of 1,000.
+`--device` adds exact search on a device (`server.collections.gpu_search.DeviceFlat`: one
+matrix product + top-k, fp16 on CUDA; and faiss-gpu through `VectorIndex` where this faiss has
+it): upload rate, queries/s in batches of 1,024, batch-1 latency, recall@10 against faiss.
 Everything runs in one process on one machine, in one run; JSON lands in bench/results/.
 
     python bench/index.py                       # 1,000,000 × 512, about 15 minutes on 2 cores
     python bench/index.py --n 100000 --types flat,hnsw
+    python bench/index.py --types flat --durable 0 --device cuda
+    python bench/index.py --n 20000 --types flat --durable 0 --device cpu   # the torch path
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -23,6 +29,7 @@ from harness import machine, save
 
 from server.collections import Collection, CollectionSpec, IndexConfig, NewItem
 from server.collections.faiss_index import VectorIndex
+from server.collections.gpu_search import DeviceFlat, search_device
 
 
 def dataset(n: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +92,74 @@ def measure(
     }, found
 
 
+def measure_exact(
+    index: VectorIndex | DeviceFlat,
+    data: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    single: int,
+    sync: Callable[[], None],
+) -> dict:
+    """Exact search on a device: `index` is empty; `sync` waits for the device's queued work."""
+    rows = np.arange(1, len(data) + 1, dtype=np.int64)
+    start = time.perf_counter()
+    for s in range(0, len(data), 65_536):
+        index.add(rows[s : s + 65_536], data[s : s + 65_536])
+    sync()
+    uploaded = time.perf_counter() - start
+    index.search(queries[:8], 10)  # warm-up: context, kernels, library handles
+    found = np.empty((len(queries), 10), np.int64)
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for s in range(0, len(queries), 1024):
+            _, found[s : s + 1024] = index.search(queries[s : s + 1024], 10)
+        rates.append(len(queries) / (time.perf_counter() - start))
+    latencies = []
+    for q in queries[:single]:
+        t = time.perf_counter()
+        index.search(q[None], 10)
+        latencies.append((time.perf_counter() - t) * 1000)
+    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
+    return {
+        "add_per_s": len(data) / uploaded,
+        "search_qps_batch1024": float(np.median(rates)),
+        "p50_ms_batch1": float(np.percentile(latencies, 50)),
+        "p99_ms_batch1": float(np.percentile(latencies, 99)),
+        "recall_at_10": recall,
+    }
+
+
+def device_runs(
+    args: argparse.Namespace, data: np.ndarray, queries: np.ndarray, truth: np.ndarray
+) -> dict:
+    """`measure_exact` for DeviceFlat on `args.device` and, on CUDA, faiss-gpu if present."""
+    import torch
+
+    dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
+    sync = torch.cuda.synchronize if args.device == "cuda" else lambda: None
+    indexes: dict[str, VectorIndex | DeviceFlat] = {
+        f"torch-{args.device}-{dtype}": DeviceFlat(
+            args.dim, "cosine", args.device, dtype, capacity=args.n
+        )
+    }
+    if args.device == "cuda" and search_device("cuda") == "faiss-gpu":
+        indexes["faiss-gpu-float16"] = VectorIndex.build(
+            "flat", args.dim, "cosine", IndexConfig(), data[:0], "cuda"
+        )
+    results = {}
+    for name, index in indexes.items():
+        results[name] = r = measure_exact(index, data, queries, truth, args.single, sync)
+        print(
+            f"{name}: add {r['add_per_s']:>10,.0f}/s  batch1024 "
+            f"{r['search_qps_batch1024']:>9,.0f} q/s  batch1 p50 {r['p50_ms_batch1']:7.2f} ms "
+            f"p99 {r['p99_ms_batch1']:7.2f} ms  recall@10 {r['recall_at_10']:.3f}",
+            flush=True,
+        )
+        del index
+    return results
+
+
 def durable_writes(data: np.ndarray, count: int) -> dict:
     """Upserts of 1,000 through a whole collection: each acknowledged only when on disk."""
     with tempfile.TemporaryDirectory() as folder:
@@ -114,6 +189,10 @@ def main() -> None:
     parser.add_argument("--types", default="flat,hnsw,ivf-pq")
     parser.add_argument("--durable", type=int, default=100_000, help="items upserted durably")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="also exact search on a device"
+    )
+    parser.add_argument("--dtype", default=None, help="device vectors (float16 on cuda)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -143,6 +222,7 @@ def main() -> None:
             f"recall@10 {r['recall_at_10']:.3f}  memory {r['memory_mb']:,.0f} MB",
             flush=True,
         )
+    devices = device_runs(args, data, queries, truth) if args.device and truth is not None else {}
     writes = durable_writes(data, min(args.durable, args.n)) if args.durable else {}
     if writes:
         print(f"durable upserts through a collection: {writes['upserts_per_s']:,.0f} items/s")
@@ -151,6 +231,7 @@ def main() -> None:
         "machine": machine(faiss=faiss.__version__, threads=str(faiss.omp_get_max_threads())),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "index_types": results,
+        "device_flat": devices,
         "durable_writes": writes,
     }
     save(report, f"index-{args.n}x{args.dim}", args.out)

@@ -2,19 +2,26 @@
 
 Every index is wrapped in `IndexIDMap` so items are found and removed by the row number the
 SQLite store gave them. HNSW cannot remove vectors: removed rows become tombstones that every
-search excludes with an ID selector, until a rebuild drops them.
+search excludes with an ID selector, until a rebuild drops them. A flat index searches on a GPU
+where one is usable (`gpu_search`): the CPU index stays the source of truth, the GPU copy is
+updated with it on every add and remove.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faiss as _faiss
 import numpy as np
 
+from server.collections.gpu_search import DeviceCopy, device_copy, search_device
 from server.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 # faiss's bundled stubs lack the search-parameter classes and the IDMap fields (SWIG).
 faiss: Any = _faiss
@@ -76,17 +83,35 @@ class IndexConfig:
 
 
 class VectorIndex:
-    """One built FAISS index (`kind` is "flat", "hnsw" or "ivf-pq")."""
+    """One built FAISS index (`kind` is "flat", "hnsw" or "ivf-pq").
 
-    def __init__(self, kind: str, index: faiss.Index, config: IndexConfig) -> None:
+    `device` ("auto", "cpu" or "cuda", see `gpu_search.search_device`): where a flat index
+    searches; `self.device` is the backend it got ("faiss-gpu", "torch-cuda" or "cpu").
+    """
+
+    def __init__(
+        self, kind: str, index: faiss.Index, config: IndexConfig, device: str = "auto"
+    ) -> None:
         self.kind = kind
         self.index = index
         self.config = config
         self.tombstones: set[int] = set()
+        backend = search_device(device) if kind == "flat" or device != "auto" else "cpu"
+        self.gpu: DeviceCopy | None = None
+        self.device = "cpu"
+        if kind == "flat" and backend != "cpu":
+            self.device = backend
+            self.gpu = self._on_gpu(device_copy, index, backend)
 
     @classmethod
     def build(
-        cls, kind: str, dim: int, metric: str, config: IndexConfig, train: np.ndarray
+        cls,
+        kind: str,
+        dim: int,
+        metric: str,
+        config: IndexConfig,
+        train: np.ndarray,
+        device: str = "auto",
     ) -> VectorIndex:
         """An empty index of `kind`; IVF-PQ is trained on `train` (n, dim) first."""
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -104,16 +129,16 @@ class VectorIndex:
             inner.train(np.ascontiguousarray(train, dtype=np.float32))
         else:
             raise InvalidInput(f"unknown index type {kind!r}")
-        return cls(kind, faiss.IndexIDMap(inner), config)
+        return cls(kind, faiss.IndexIDMap(inner), config, device)
 
     @classmethod
-    def load(cls, data: np.ndarray, config: IndexConfig) -> VectorIndex:
+    def load(cls, data: np.ndarray, config: IndexConfig, device: str = "auto") -> VectorIndex:
         index = faiss.deserialize_index(data)
         inner = faiss.downcast_index(index.index)
         kind = {faiss.IndexFlat: "flat", faiss.IndexHNSWFlat: "hnsw", faiss.IndexIVFPQ: "ivf-pq"}
         for type_, name in kind.items():
             if isinstance(inner, type_):
-                return cls(name, index, config)
+                return cls(name, index, config, device)
         raise ValueError(f"snapshot holds an unknown index type {type(inner).__name__}")
 
     def serialize(self) -> np.ndarray:
@@ -137,9 +162,11 @@ class VectorIndex:
 
     def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         if len(rows):
-            self.index.add_with_ids(
-                np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(rows, np.int64)
-            )
+            rows = np.ascontiguousarray(rows, np.int64)
+            vectors = np.ascontiguousarray(vectors, np.float32)
+            self.index.add_with_ids(vectors, rows)
+            if self.gpu is not None:
+                self._on_gpu(self.gpu.add, rows, vectors)
 
     def remove(self, rows: list[int] | np.ndarray) -> None:
         if not len(rows):
@@ -148,13 +175,32 @@ class VectorIndex:
             self.tombstones.update(int(r) for r in rows)
         else:
             self.index.remove_ids(np.asarray(rows, dtype=np.int64))
+            if self.gpu is not None:
+                self._on_gpu(self.gpu.remove, np.asarray(rows, dtype=np.int64))
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each (n, k); a missing hit has row -1."""
-        params = self._params(allowed)
-        return self.index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
+        """(scores, rows), each (n, k); a missing hit has row -1 and score -FLT_MAX (inner
+        product) or +FLT_MAX (L2, whose scores are squared distances, ascending)."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        if self.gpu is not None:
+            found = self._on_gpu(self.gpu.search, queries, k, allowed)
+            if found is not None:
+                return found
+        return self.index.search(queries, k, params=self._params(allowed))
+
+    def _on_gpu(self, call: Callable[..., Any], *args: Any) -> Any:
+        """`call(*args)` on the GPU copy; if the device fails (out of memory, a lost GPU), the
+        copy is dropped and the CPU index, which holds every item, serves from then on."""
+        try:
+            return call(*args)
+        except (RuntimeError, MemoryError) as error:
+            log.warning(
+                "%s GPU copy of a flat index dropped, searching on the CPU: %s", self.device, error
+            )
+            self.gpu, self.device = None, "cpu"
+            return None
 
     def memory_bytes(self) -> int:
         """An estimate of what the index holds in memory."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from server.config import RuntimeConfig
 from server.errors import FailedPrecondition
+from server.gpu import cuda_available, torch_installed
 from server.runtime.base import Tower
 from server.runtime.onnx import OnnxTower
 
@@ -93,15 +94,13 @@ def open_tower(
 
 def _program_device(engine: str) -> str | None:
     """The device a program would run on: a CUDA GPU, or the CPU when `engine` forces it."""
-    try:
-        import torch
-    except ImportError:
-        if engine == "program":
-            raise FailedPrecondition("--runtime program needs torch installed") from None
-        return None
-    if torch.cuda.is_available():
+    if cuda_available():
         return "cuda"
-    return "cpu" if engine == "program" else None
+    if engine != "program":
+        return None
+    if not torch_installed():
+        raise FailedPrecondition("--runtime program needs torch installed")
+    return "cpu"
 
 
 def _measure(
