@@ -7,8 +7,9 @@ with load (as Triton's dynamic batcher and Text Embeddings Inference do). Inputs
 request was cancelled or whose deadline has passed are dropped before they reach the tower.
 
 Every submitted input is resolved: with its output row, with the tower's error (sent to every
-input of the failing batch), with DeadlineExceeded, or with Unavailable when the batcher
-closes. A request that would overflow the queue is refused whole with Overloaded.
+input of the failing batch, or to the rows a `Partial` result names), with DeadlineExceeded,
+or with Unavailable when the batcher closes. A request that would overflow the queue is
+refused whole with Overloaded.
 
 Background work (a collection re-embedding its items after a deploy) waits in a queue of its
 own and runs only while no request's input waits, in batches of at most a quarter of
@@ -25,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,12 +35,22 @@ from server.errors import DeadlineExceeded, LensError, ModelError, Overloaded, U
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[np.ndarray], np.ndarray]
+
+@dataclass(frozen=True)
+class Partial:
+    """A batch's outputs where some rows failed on their own (a corrupt image among good
+    ones): those rows get their error, the others their output row."""
+
+    out: np.ndarray  # (N, dim)
+    errors: dict[int, LensError]
+
+
+RunFn = Callable[[Any], np.ndarray | Partial]
 
 
 @dataclass(eq=False)
 class _Item:
-    x: np.ndarray
+    x: Any
     future: asyncio.Future[np.ndarray]
     deadline: float | None  # time.monotonic() seconds
     enqueued: float = field(default_factory=time.monotonic)
@@ -58,15 +70,23 @@ class BatchStats:
 class Batcher:
     """Batches single inputs of one tower across requests.
 
-    `run` takes a stacked batch (N, ...) and returns (N, dim); it runs on this batcher's own
-    worker threads, at most `config.instances` batches at once.
+    `run` takes `collate(inputs)` (by default the inputs stacked: (N, ...)) and returns
+    (N, dim), or a `Partial`; it runs on this batcher's own worker threads, at most
+    `config.instances` batches at once.
     """
 
-    def __init__(self, name: str, run: RunFn, config: BatchConfig) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: RunFn,
+        config: BatchConfig,
+        collate: Callable[[list[Any]], Any] = np.stack,
+    ) -> None:
         self.name = name
         self.config = config
         self.stats = BatchStats()
         self._run_fn = run
+        self._collate = collate
         self._queue: deque[_Item] = deque()
         self._background: deque[_Item] = deque()
         self._arrived = asyncio.Event()
@@ -81,7 +101,7 @@ class Batcher:
         return len(self._queue) + len(self._background)
 
     async def submit(
-        self, rows: list[np.ndarray], deadline: float | None = None, background: bool = False
+        self, rows: list[Any], deadline: float | None = None, background: bool = False
     ) -> np.ndarray:
         """Runs `rows` (each one input) through the tower; returns (len(rows), dim) in order.
 
@@ -177,15 +197,23 @@ class Batcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         try:
-            x = np.stack([item.x for item in batch])
+            x = self._collate([item.x for item in batch])
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self._executor, self._run_fn, x)
+            result = await loop.run_in_executor(self._executor, self._run_fn, x)
+            if isinstance(result, Partial):
+                out, errors = result.out, result.errors
+            else:
+                out, errors = result, {}
             if out.shape[0] != len(batch):
                 raise ModelError(f"{self.name}: {len(batch)} inputs gave {out.shape[0]} outputs")
             self.stats.batches += 1
             self.stats.inputs += len(batch)
-            for item, row in zip(batch, out, strict=True):
-                if not item.future.done():
+            for i, (item, row) in enumerate(zip(batch, out, strict=True)):
+                if item.future.done():
+                    continue
+                if i in errors:
+                    item.future.set_exception(errors[i])
+                else:
                     item.future.set_result(row)
         except Exception as e:
             if not isinstance(e, LensError):

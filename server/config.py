@@ -59,6 +59,7 @@ class Limits:
 
 
 ENGINES = ("auto", "onnx", "program")
+IMAGE_DECODE = ("auto", "cpu", "device")
 
 
 def _default_workers() -> int:
@@ -78,6 +79,9 @@ class RuntimeConfig:
     """
 
     engine: str = "auto"
+    # Where JPEGs are decoded: `auto` (on the GPU when the image tower runs on one), `cpu`, or
+    # `device` (on the image tower's device, whichever it is).
+    image_decode: str = "auto"
 
     providers: tuple[str, ...] = (
         "TensorrtExecutionProvider",
@@ -91,6 +95,10 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        if self.image_decode not in IMAGE_DECODE:
+            raise ValueError(
+                f"image_decode must be one of {', '.join(IMAGE_DECODE)}; got {self.image_decode!r}"
+            )
         if self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads}")
         if self.decode_workers < 1:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -18,6 +19,7 @@ from PIL import Image
 from server.batching import Batcher
 from server.config import ServerConfig
 from server.errors import FailedPrecondition, InvalidInput
+from server.pipeline import Admitted, DeviceImages, image_pipeline
 from server.preprocess import ImagePreprocessor, TextTokenizer
 from server.repository.manifest import (
     ImageSpec,
@@ -126,9 +128,18 @@ class LoadedVersion:
         self.text: TextTokenizer | None = None
         self.batchers: dict[str, Batcher] = {}
         label = f"{manifest.name}:{manifest.version}"
+        self._device_images: DeviceImages | None = None
         if manifest.image:
             self.image = ImagePreprocessor(manifest.image, config.limits)
-            self.batchers["image"] = Batcher(f"{label}/image", towers["image"].tower, config.batch)
+            tower = towers["image"].tower
+            self._device_images = image_pipeline(manifest.image, config.runtime, self.image, tower)
+            if self._device_images:  # two batches at once: one decodes while one embeds
+                batch = replace(config.batch, instances=max(2, config.batch.instances))
+                self.batchers["image"] = Batcher(
+                    f"{label}/image", self._device_images.run, batch, collate=list
+                )
+            else:
+                self.batchers["image"] = Batcher(f"{label}/image", tower, config.batch)
         if manifest.text:
             self.text = TextTokenizer(manifest.text, folder / manifest.text.tokenizer)
             self.batchers["text"] = Batcher(f"{label}/text", towers["text"].tower, config.batch)
@@ -182,8 +193,8 @@ class LoadedVersion:
     async def warm_up(self) -> None:
         """One input through each tower, so the first request does not pay for lazy set-up."""
         inputs: list[Input] = []
-        if self.manifest.image:
-            inputs.append(_blank_png(self.manifest.image.size))
+        if self.manifest.image:  # a JPEG takes the device decoder's path where there is one
+            inputs.append(_blank_image(self.manifest.image.size, "JPEG"))
         if self.manifest.text:
             inputs.append("warm-up")
         await self.embed(inputs)
@@ -234,9 +245,11 @@ class LoadedVersion:
                     f"{modality} tower (it embeds: {', '.join(self.manifest.modalities)})"
                 )
 
-    def _decode(self, data: bytes, index: int) -> np.ndarray:
+    def _decode(self, data: bytes, index: int) -> np.ndarray | Admitted:
         assert self.image is not None
         try:
+            if self._device_images:  # checked here, decoded with its batch on the device
+                return self._device_images.admit(data, index)
             return self.image(data)
         except InvalidInput as e:
             raise InvalidInput(f"input {index}: {e}") from None
@@ -259,7 +272,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _blank_png(size: int) -> bytes:
+def _blank_image(size: int, format: str) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (size, size), (127, 127, 127)).save(buffer, format="PNG")
+    Image.new("RGB", (size, size), (127, 127, 127)).save(buffer, format=format)
     return buffer.getvalue()

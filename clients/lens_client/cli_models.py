@@ -52,6 +52,13 @@ def serve(
             "a warm-up measurement finds it faster), onnx, or program.",
         ),
     ] = "auto",
+    image_decode: Annotated[
+        str,
+        typer.Option(
+            help="Where JPEGs are decoded: auto (on the GPU when the image tower runs on one), "
+            "cpu, or device (the image tower's device)."
+        ),
+    ] = "auto",
     threads: Annotated[
         int, typer.Option(help="ONNX Runtime threads per op (0: one per core).")
     ] = 0,
@@ -84,7 +91,9 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        runtime = RuntimeConfig(engine=runtime_engine, intra_op_threads=threads)
+        runtime = RuntimeConfig(
+            engine=runtime_engine, image_decode=image_decode, intra_op_threads=threads
+        )
         if decode_workers is not None:
             runtime = replace(runtime, decode_workers=decode_workers)
         config = ServerConfig(

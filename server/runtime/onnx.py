@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -12,6 +13,9 @@ from server.config import RuntimeConfig
 from server.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_NUMPY_TYPES: dict[str, type] = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
 
 def available_providers(wanted: tuple[str, ...]) -> list[str]:
@@ -54,6 +58,32 @@ class OnnxTower:
         self.providers: list[str] = self._session.get_providers()
         log.info("loaded %s on %s", path, ", ".join(self.providers))
 
+        self.device = "cuda" if self.providers[0] in _GPU_PROVIDERS else "cpu"
+        self._dim = dim
+        self._input_type = _NUMPY_TYPES.get(inputs[0].type, np.float32)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         (out,) = self._session.run([self._output], {self._input: batch})
         return np.asarray(out, dtype=np.float32)
+
+    def run_device(self, x: Any) -> Any:
+        """A torch tensor (N, ...) on this session's device → float32 (N, dim) on the same
+        device, through IO binding: ONNX Runtime reads and writes the tensors' own memory, with
+        no copy through the host. On CUDA the caller's stream is synchronised first (ONNX
+        Runtime runs on its own stream) and the run returns when the output is written."""
+        import torch
+
+        x = x.to(torch.float32 if self._input_type is np.float32 else torch.int64).contiguous()
+        out = torch.empty((len(x), self._dim), dtype=torch.float32, device=x.device)
+        index = x.device.index or 0
+        binding = self._session.io_binding()
+        binding.bind_input(
+            self._input, x.device.type, index, self._input_type, tuple(x.shape), x.data_ptr()
+        )
+        binding.bind_output(
+            self._output, out.device.type, index, np.float32, tuple(out.shape), out.data_ptr()
+        )
+        if x.device.type == "cuda":
+            torch.cuda.current_stream(x.device).synchronize()
+        self._session.run_with_iobinding(binding)
+        return out

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from server.batching import Batcher
+from server.batching import Batcher, Partial
 from server.config import BatchConfig
-from server.errors import DeadlineExceeded, ModelError, Overloaded, Unavailable
+from server.errors import DeadlineExceeded, InvalidInput, ModelError, Overloaded, Unavailable
 
 
 class FakeTower:
@@ -123,6 +123,33 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
         return out
 
     np.testing.assert_array_equal(run(main())[:, 0], [14])
+
+
+def test_rows_a_partial_result_names_fail_alone():
+    """A corrupt input among good ones: only its request fails, with its own error."""
+
+    def tower(items: list[float]) -> Partial:
+        out = np.array([[v * 2] for v in items], dtype=np.float32)
+        bad = {i: InvalidInput(f"row {v} is corrupt") for i, v in enumerate(items) if v < 0}
+        return Partial(out, bad)
+
+    async def main():
+        config = BatchConfig(max_batch_size=8, max_queue_delay_ms=20)
+        batcher = Batcher("partial", tower, config, collate=list)
+        good, bad, other = await asyncio.gather(
+            batcher.submit([1.0, 2.0]),
+            batcher.submit([3.0, -1.0]),
+            batcher.submit([4.0]),
+            return_exceptions=True,
+        )
+        await batcher.close()
+        assert batcher.stats.batches == 1  # all three requests shared one batch
+        return good, bad, other
+
+    good, bad, other = run(main())
+    np.testing.assert_array_equal(good[:, 0], [2, 4])
+    assert isinstance(bad, InvalidInput) and "row -1.0 is corrupt" in str(bad)
+    np.testing.assert_array_equal(other[:, 0], [8])
 
 
 def test_cancelled_requests_are_dropped_before_the_tower():

@@ -186,3 +186,25 @@ def test_cuda_graphs_match_eager_for_every_bucket(tiny_repo):
     for n in (1, 5, 8, 9, 32, 40):  # in buckets, padded into them, and above the largest
         x = _image_probe(n)
         assert _cosines(onnx(x), program(x)).min() >= PROGRAM_PARITY
+
+
+def test_server_decoding_images_on_the_device(tiny_repo, channel):
+    """`--image-decode device` (here the CPU device: torchvision's decoder, torch's resize)
+    embeds like the Pillow path, and a JPEG that is corrupt past its header fails alone."""
+    jpegs = [encode(photo(name), "JPEG", quality=90) for name in ("astronaut", "chelsea", "page")]
+    inputs = [inference_pb2.Input(image=b) for b in [*images_in_formats(), *jpegs]]
+    expected = matrix(embed(channel, *inputs))
+    server = ServerProcess(tiny_repo, "--image-decode", "device", "--max-batch-size", "8")
+    try:
+        with grpc.insecure_channel(server.address) as ours:
+            got = matrix(embed(ours, *inputs))
+            assert _cosines(expected, got).min() >= 0.999
+            truncated = jpegs[0][: len(jpegs[0]) // 2]
+            with pytest.raises(grpc.RpcError) as failed:
+                embed(ours, inputs[0], inputs[1], inference_pb2.Input(image=truncated))
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert failed.value.details().startswith("input 2:"), failed.value.details()
+            again = matrix(embed(ours, *inputs[:3]))
+            np.testing.assert_allclose(again, got[:3], atol=1e-6)
+    finally:
+        server.stop()
