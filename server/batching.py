@@ -1,9 +1,11 @@
 """The dynamic batcher: inputs of concurrent requests run through a tower together.
 
-One batcher per loaded tower owns a FIFO queue of single inputs. It sends a batch to the
-tower when `max_batch_size` inputs wait, or when the oldest has waited `max_queue_delay_ms`,
-whichever is first; while every instance is busy, inputs keep gathering, so batches grow
-with load (as Triton's dynamic batcher and Text Embeddings Inference do). Inputs whose
+One batcher per loaded tower owns a FIFO queue of single inputs. When the tower is idle, what
+waits runs at once: a lone request pays no batching delay. While a batch runs, the next one
+gathers until `max_batch_size` inputs wait or the oldest has waited `max_queue_delay_ms`,
+whichever is first, and while every instance is busy inputs keep gathering, so batches grow
+with load (the continuous batching of Text Embeddings Inference, bounded as Triton's dynamic
+batcher is). Inputs whose
 request was cancelled or whose deadline has passed are dropped before they reach the tower.
 
 Every submitted input is resolved: with its output row, with the tower's error (sent to every
@@ -163,7 +165,10 @@ class Batcher:
             self._fail_all(ModelError(f"{self.name}: batcher failed: {e}"))
 
     async def _gather_batch(self) -> None:
-        """Waits until a full batch is queued or the oldest input has waited long enough."""
+        """Waits until a full batch is queued or the oldest input has waited long enough;
+        not at all while no batch runs."""
+        if not self._running:
+            return
         delay = self.config.max_queue_delay_ms / 1000
         while self.queued < self.config.max_batch_size and not self._closed:
             oldest = (self._queue or self._background)[0]

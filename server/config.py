@@ -11,8 +11,9 @@ from pathlib import Path
 class BatchConfig:
     """Dynamic batching of one model tower (as Triton's `dynamic_batching`).
 
-    A batch is sent to the runtime when it holds `max_batch_size` inputs, or when its first
-    input has waited `max_queue_delay_ms`, whichever comes first. At most `max_queue_size`
+    When no batch of the tower runs, what waits is sent at once; otherwise a batch is sent
+    when it holds `max_batch_size` inputs, or when its first input has waited
+    `max_queue_delay_ms`, whichever comes first. At most `max_queue_size`
     inputs wait per tower; a request that would overflow the queue is refused whole with
     RESOURCE_EXHAUSTED. `instances` batches of a tower may run at once.
     """

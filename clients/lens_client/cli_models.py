@@ -38,7 +38,10 @@ def serve(
         str | None,
         typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
     ] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Inputs per batch, per tower.")] = 32,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Inputs per batch, per tower (default: 256 on a GPU, 32 on CPUs)."),
+    ] = None,
     max_queue_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
     max_queue_size: Annotated[
         int, typer.Option(help="Inputs waiting per tower before RESOURCE_EXHAUSTED.")
@@ -86,6 +89,7 @@ def serve(
     from server.app import serve as run
     from server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
     from server.errors import LensError
+    from server.gpu import cuda_available
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -102,7 +106,12 @@ def serve(
             host=host,
             port=port,
             default_model=default_model,
-            batch=BatchConfig(max_batch_size, max_queue_delay_ms, max_queue_size, instances),
+            batch=BatchConfig(
+                max_batch_size or (256 if cuda_available() else 32),
+                max_queue_delay_ms,
+                max_queue_size,
+                instances,
+            ),
             limits=Limits(max_inputs_per_request=max_inputs, max_labels=max_labels),
             runtime=runtime,
             memory_budget_bytes=parse_bytes(memory_budget),

@@ -73,6 +73,44 @@ def test_a_lone_input_waits_no_longer_than_the_delay():
     assert run(main()) < 0.5
 
 
+def test_an_idle_tower_runs_a_lone_input_at_once():
+    """No batching delay when nothing else runs: the single-request latency path."""
+
+    async def main():
+        config = BatchConfig(max_batch_size=64, max_queue_delay_ms=2000)
+        batcher = Batcher("fake", FakeTower(), config)
+        start = time.monotonic()
+        await batcher.submit(rows(1.0))
+        elapsed = time.monotonic() - start
+        await batcher.close()
+        return elapsed
+
+    assert run(main()) < 0.5
+
+
+def test_a_free_instance_waits_for_the_delay_while_another_runs():
+    """Two instances, one busy: the next batch gathers for the delay instead of running a
+    lone input on the free instance."""
+
+    async def main():
+        tower = FakeTower()
+        config = BatchConfig(max_batch_size=32, max_queue_delay_ms=300, instances=2)
+        batcher = Batcher("fake", tower, config)
+        tower.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        await asyncio.sleep(0.05)  # the first batch is stuck in the tower, one instance free
+        later = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(1, 6)]
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            later.append(asyncio.ensure_future(batcher.submit(rows(10))))
+        tower.gate.set()
+        await asyncio.gather(first, *later)
+        await batcher.close()
+        return tower.batches
+
+    assert run(main()) == [1, 10]
+
+
 def test_inputs_wait_while_the_instance_is_busy_and_then_run_together():
     async def main():
         tower = FakeTower()

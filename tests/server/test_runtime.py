@@ -208,3 +208,28 @@ def test_server_decoding_images_on_the_device(tiny_repo, channel):
             np.testing.assert_allclose(again, got[:3], atol=1e-6)
     finally:
         server.stop()
+
+
+def test_gpu_benchmark_runs(tmp_path):
+    """bench/gpu.py, which measures the GPU serving targets, runs end to end (tiny, CPU)."""
+    import subprocess
+
+    from tests.conftest import LENS, ROOT
+
+    out = tmp_path / "gpu.json"
+    options = "--device cpu --images 64 --texts 128 --clients 2 --single 10 --batch 16"
+    options += " --iterations 2 --n 5000 --queries 1024"
+    command = [str(LENS.with_name("python")), str(ROOT / "bench" / "gpu.py"), "--tiny"]
+    result = subprocess.run(
+        [*command, *options.split(), "--repo", str(tmp_path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["targets"]) <= set(report["figures"])
+    assert all(report["figures"][k] > 0 for k in report["targets"])
+    assert set(report["model_only"]["image"]) == {"onnx", "program", "open_clip_torch"}
+    assert report["figures"]["search_backend"] == "cpu"
+    assert [r["runtime"] for r in report["served_version"]["runtimes"].values()] == ["onnx"] * 2

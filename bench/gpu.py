@@ -1,0 +1,265 @@
+"""The serving targets on a GPU, in one command, beside open_clip itself in torch.
+
+    python bench/gpu.py                         # ViT-B-32 on the GPU: every figure below
+    python bench/gpu.py --tiny --device cpu     # the same code on a tiny model (a test runs it)
+
+1. Model only, preprocessed batches of `--batch` (256), on device tensors: images/s and texts/s
+   of each runtime lens can choose (ONNX Runtime through IO binding; the fp16 program through
+   CUDA graphs) and of open_clip's own model in torch fp16 (the reference figure), in one
+   process, one after the other.
+2. End to end through gRPC (`lens serve` as it configures itself): 640×480 JPEG bytes from
+   `--clients` client processes in requests of `--request` images; then texts likewise.
+3. One image per request, one client, nothing else running: p50 and p99.
+4. Collections: exact search over `--n` × 512 unit vectors through `VectorIndex` as the server
+   builds it on this machine (faiss-gpu, or the torch fp16 copy), batches of 1,024 queries and
+   single queries.
+Prints every figure beside its target and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import machine, save, start_server
+from index import measure_exact
+from serve import jpeg_inputs, text_inputs
+
+from server.collections.faiss_index import IndexConfig, VectorIndex
+from server.config import RuntimeConfig
+from server.repository import Repository
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "training" / "configs" / "lens-tiny-clip.json"
+# (figure, target, whether higher is better): one H100, ViT-B-32.
+TARGETS = (
+    ("model_images_per_s", 28_000, True),
+    ("model_texts_per_s", 27_000, True),
+    ("e2e_images_per_s", 6_000, True),
+    ("e2e_texts_per_s", 20_000, True),
+    ("single_image_p50_ms", 8, False),
+    ("single_image_p99_ms", 15, False),
+    ("search_qps_batch1024", 100_000, True),
+    ("search_p50_ms_batch1", 2, False),
+)
+
+
+def model_repository(repo: Path, arch: str, name: str) -> tuple[Repository, int]:
+    """The repository holding `name` (imported from open_clip `arch` if it is not there)."""
+    from training.export.openclip import import_openclip
+
+    repository = Repository(repo)
+    if name not in repository.models():
+        import_openclip(repository, arch, name)
+    return repository, repository.latest(name)
+
+
+def model_only(repository: Repository, name: str, version: int, arch: str, args: Any) -> dict:
+    """Rows/s of every runtime on one preprocessed batch held on the device."""
+    import open_clip
+    import torch
+
+    from server.runtime.onnx import OnnxTower
+    from server.runtime.program import ProgramTower
+
+    manifest, folder = repository.manifest(name, version), repository.path(name, version)
+    device = torch.device(args.device)
+    assert manifest.image and manifest.text
+    size, context = manifest.image.size, manifest.text.context_length
+    pixels = torch.randn(args.batch, 3, size, size, device=device)
+    tokens = torch.randint(1, 1000, (args.batch, context), device=device)
+    providers = ("CPUExecutionProvider",) if args.device == "cpu" else RuntimeConfig().providers
+    config = RuntimeConfig(providers=providers)
+    model = open_clip.create_model(arch).eval().to(device)
+    half = device.type == "cuda"  # fp16 on the CPU is slow and not what anyone runs there
+    if half:
+        model = model.half()
+    runs: dict[str, dict[str, Any]] = {"image": {}, "text": {}}
+    for modality, spec, x in (("image", manifest.image, pixels), ("text", manifest.text, tokens)):
+        onnx = OnnxTower(folder / spec.file, config, manifest.dim)
+        runs[modality]["onnx"] = rate(onnx.run_device, x, args.iterations)
+        if spec.program:
+            program = ProgramTower(folder / spec.program, manifest.dim, args.device, args.batch)
+            runs[modality]["program"] = rate(program.run_device, x, args.iterations)
+        encode = model.encode_image if modality == "image" else model.encode_text
+        reference = x.half() if half and modality == "image" else x
+        runs[modality]["open_clip_torch"] = rate(encode, reference, args.iterations)
+        del onnx
+    return runs
+
+
+def rate(run: Any, x: Any, iterations: int) -> float:
+    """Rows per second of `run(x)` after two warm-up calls, synchronised with the device."""
+    import torch
+
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(2):
+            run(x)
+        sync()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            run(x)
+        sync()
+    return iterations * len(x) / (time.perf_counter() - start)
+
+
+def client(args: tuple[str, str, list[Any], int, Any]) -> tuple[float, float, int]:
+    """One client process: connects, waits for the others, sends its share; (start, end, n)."""
+    from lens_client import LensClient
+
+    address, kind, items, request, barrier = args
+    with LensClient(address, timeout=600) as lens:
+        call = lens.embed_images if kind == "images" else lens.embed_texts
+        call(items[:1])
+        barrier.wait()
+        start = time.perf_counter()
+        call(items, batch_size=request)
+        return start, time.perf_counter(), len(items)
+
+
+def end_to_end(address: str, images: list[bytes], texts: list[str], args: Any) -> dict:
+    """Items/s through gRPC with `args.clients` client processes sharing the items."""
+    result = {}
+    context = multiprocessing.get_context("spawn")
+    with multiprocessing.Manager() as manager, context.Pool(args.clients) as pool:
+        for kind, items in (("images", images), ("texts", texts)):
+            barrier = manager.Barrier(args.clients)
+            shares = [items[i :: args.clients] for i in range(args.clients)]
+            done = pool.map(client, [(address, kind, s, args.request, barrier) for s in shares])
+            elapsed = max(end for _, end, _ in done) - min(start for start, _, _ in done)
+            result[f"e2e_{kind}_per_s"] = sum(n for _, _, n in done) / elapsed
+    return result
+
+
+def single_image(address: str, image: bytes, requests: int) -> dict:
+    from lens_client import LensClient
+
+    with LensClient(address) as lens:
+        for _ in range(10):
+            lens.embed_images([image])
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            lens.embed_images([image])
+            times.append((time.perf_counter() - start) * 1000)
+    return {
+        "single_image_p50_ms": float(np.percentile(times, 50)),
+        "single_image_p99_ms": float(np.percentile(times, 99)),
+    }
+
+
+def search(args: Any) -> dict:
+    """Exact search on this machine's flat index backend over `args.n` × 512."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((args.n, 512), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    queries = data[rng.choice(args.n, args.queries, replace=False)]
+    index = VectorIndex.build("flat", 512, "cosine", IndexConfig(), data[:0])
+    sync = _device_sync()
+    result = measure_exact(index, data, queries, None, args.single, sync)
+    return {
+        "search_backend": index.device,
+        "search_qps_batch1024": result["search_qps_batch1024"],
+        "search_p50_ms_batch1": result["p50_ms_batch1"],
+        "search_p99_ms_batch1": result["p99_ms_batch1"],
+        "search_add_per_s": result["add_per_s"],
+    }
+
+
+def _device_sync() -> Any:
+    from server.gpu import cuda_available
+
+    if not cuda_available():
+        return lambda: None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--repo", type=Path, default=None, help="default: a temporary one")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test model, small sizes")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--images", type=int, default=30_000)
+    parser.add_argument("--texts", type=int, default=60_000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--request", type=int, default=64, help="inputs per request")
+    parser.add_argument("--single", type=int, default=300, help="single-input requests timed")
+    parser.add_argument("--n", type=int, default=1_000_000, help="vectors searched")
+    parser.add_argument("--queries", type=int, default=10_240)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    arch, name = (str(TINY), "tiny-clip") if args.tiny else ("ViT-B-32", "clip-vit-b-32")
+
+    repo = args.repo or Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    repository, version = model_repository(repo, arch, name)
+    arch_name = Path(arch).stem if arch.endswith(".json") else arch
+    figures: dict[str, Any] = {}
+    runs = model_only(repository, name, version, arch_name, args)
+    figures["model_images_per_s"] = max(
+        v for k, v in runs["image"].items() if k != "open_clip_torch"
+    )
+    figures["model_texts_per_s"] = max(v for k, v in runs["text"].items() if k != "open_clip_torch")
+
+    images, texts = jpeg_inputs(args.images), text_inputs(args.texts)
+    process, address = start_server(repo, "--default-model", name)
+    try:
+        figures.update(end_to_end(address, images, texts, args))
+        figures.update(single_image(address, images[0], args.single))
+        from lens_client import LensClient
+
+        with LensClient(address) as lens:
+            model = lens.get_model(name)
+    finally:
+        process.terminate()
+        process.wait(30)
+    figures.update(search(args))
+
+    print(
+        f"{arch_name} on {_versions()['gpu'] if args.device != 'cpu' else 'the CPU'}; "
+        "the targets are for ViT-B-32 on one H100"
+    )
+    print(f"{'':26}{'measured':>12}{'target':>10}")
+    for key, target, higher in TARGETS:
+        value = figures[key]
+        met = value >= target if higher else value <= target
+        print(f"{key:26}{value:12,.1f}{target:10,}  {'met' if met else 'MISSED'}")
+    for modality, by_runtime in runs.items():
+        print(
+            f"model only, {modality}: "
+            + ", ".join(f"{k} {v:,.0f}/s" for k, v in by_runtime.items())
+        )
+    report = {
+        "benchmark": "gpu",
+        "machine": machine(**_versions()),
+        "model": arch_name,
+        "settings": {k: str(v) for k, v in vars(args).items() if k not in ("repo", "out")},
+        "figures": figures,
+        "targets": {k: {"target": t, "higher_is_better": h} for k, t, h in TARGETS},
+        "model_only": runs,
+        "served_version": model["versions"][-1],
+    }
+    save(report, f"gpu-{arch_name}", args.out)
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "gpu": gpu}
+
+
+if __name__ == "__main__":
+    main()
