@@ -2,9 +2,9 @@
 
 A version may carry, beside each ONNX tower, the same tower as a `torch.export` program with
 fp16 weights (written by lens's exporters). On a CUDA device the tower runs it through CUDA
-graphs captured once per batch bucket (a batch is padded up to the smallest bucket that
+graphs captured at load, one per batch bucket (a batch is padded up to the smallest bucket that
 holds it), which removes the per-kernel launch cost of small batches; on the CPU (tests, or
-`--runtime torch` without a GPU) it runs eagerly.
+`--runtime program` without a GPU) it runs eagerly.
 
 Imported only where torch is installed (`server.runtime.choose` imports it lazily).
 """
@@ -46,8 +46,8 @@ class ProgramTower:
         self.providers = [f"torch-fp16:{self.device}"]
         cuda = self.device.type == "cuda"
         self._buckets = sorted({b for b in BUCKETS if b < max_batch} | {max_batch}) if cuda else []
-        self._graphs: dict[int, _Graph] = {}
-        self._lock = threading.Lock()
+        # Captured now, on one thread: a capture while other threads launch work would fail.
+        self._graphs = {b: _Graph(self._module, b, self.input_shape, self) for b in self._buckets}
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch)
@@ -67,13 +67,7 @@ class ProgramTower:
         bucket = next((b for b in self._buckets if b >= len(x)), None)
         if bucket is None:
             return self._module(x).float()
-        return self._graph(bucket).run(x)
-
-    def _graph(self, bucket: int) -> _Graph:
-        with self._lock:
-            if bucket not in self._graphs:
-                self._graphs[bucket] = _Graph(self._module, bucket, self.input_shape, self)
-            return self._graphs[bucket]
+        return self._graphs[bucket].run(x)
 
 
 class _Graph:
@@ -93,7 +87,9 @@ class _Graph:
             for _ in range(2):  # lazy initialisation (cuBLAS handles, autotuning) off the graph
                 module(self.input)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=self.stream):
+            with torch.cuda.graph(
+                self.graph, stream=self.stream, capture_error_mode="thread_local"
+            ):
                 self.output = module(self.input)
         self.stream.synchronize()
         log.info("captured a CUDA graph for batches of %d", size)
