@@ -109,29 +109,32 @@ def rate(run: Any, x: Any, iterations: int) -> float:
     return iterations * len(x) / (time.perf_counter() - start)
 
 
-def client(args: tuple[str, str, list[Any], int, Any]) -> tuple[float, float, int]:
-    """One client process: connects, waits for the others, sends its share; (start, end, n)."""
+def client(args: tuple[str, str, int, int, Any]) -> tuple[float, float, int]:
+    """One client process: makes its `count` inputs, connects, waits for the others, sends
+    them in requests of `request`; returns (start, end, count)."""
     from lens_client import LensClient
 
-    address, kind, items, request, barrier = args
+    address, kind, count, request, barrier = args
+    items: list[Any] = jpeg_inputs(count) if kind == "images" else text_inputs(count)
     with LensClient(address, timeout=600) as lens:
         call = lens.embed_images if kind == "images" else lens.embed_texts
         call(items[:1])
         barrier.wait()
         start = time.perf_counter()
         call(items, batch_size=request)
-        return start, time.perf_counter(), len(items)
+        return start, time.perf_counter(), count
 
 
-def end_to_end(address: str, images: list[bytes], texts: list[str], args: Any) -> dict:
-    """Items/s through gRPC with `args.clients` client processes sharing the items."""
+def end_to_end(address: str, args: Any) -> dict:
+    """Items/s through gRPC with `args.clients` client processes sharing the work."""
     result = {}
     context = multiprocessing.get_context("spawn")
     with multiprocessing.Manager() as manager, context.Pool(args.clients) as pool:
-        for kind, items in (("images", images), ("texts", texts)):
+        for kind, total in (("images", args.images), ("texts", args.texts)):
             barrier = manager.Barrier(args.clients)
-            shares = [items[i :: args.clients] for i in range(args.clients)]
-            done = pool.map(client, [(address, kind, s, args.request, barrier) for s in shares])
+            shares = [total // args.clients] * args.clients
+            work = [(address, kind, n, args.request, barrier) for n in shares]
+            done = pool.map(client, work)
             elapsed = max(end for _, end, _ in done) - min(start for start, _, _ in done)
             result[f"e2e_{kind}_per_s"] = sum(n for _, _, n in done) / elapsed
     return result
@@ -212,11 +215,10 @@ def main() -> None:
     )
     figures["model_texts_per_s"] = max(v for k, v in runs["text"].items() if k != "open_clip_torch")
 
-    images, texts = jpeg_inputs(args.images), text_inputs(args.texts)
     process, address = start_server(repo, "--default-model", name)
     try:
-        figures.update(end_to_end(address, images, texts, args))
-        figures.update(single_image(address, images[0], args.single))
+        figures.update(end_to_end(address, args))
+        figures.update(single_image(address, jpeg_inputs(1)[0], args.single))
         from lens_client import LensClient
 
         with LensClient(address) as lens:

@@ -216,18 +216,26 @@ class LoadedVersion:
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
         self._check_towers([where[i] for i in images], [where[i] for i in texts])
         loop = asyncio.get_running_loop()
+        # Decodes spread over the pool one image each; header checks (the device path) are
+        # cheap enough for one call per request, which spares the event loop a task per image.
+        step = max(1, len(images)) if self._device_images else 1
         decodes = (
-            loop.run_in_executor(self._decode_pool, self._decode, cast(bytes, inputs[i]), where[i])
-            for i in images
+            loop.run_in_executor(
+                self._decode_pool,
+                self._decode_all,
+                [(cast(bytes, inputs[i]), where[i]) for i in images[start : start + step]],
+            )
+            for start in range(0, len(images), step)
         )
         text_data = [cast(str, inputs[i]) for i in texts]
-        pixels, tokens = await asyncio.gather(
+        decoded, tokens = await asyncio.gather(
             asyncio.gather(*decodes),
             loop.run_in_executor(self._decode_pool, self._tokenize, text_data),
         )
         jobs, rows = [], []
         if images:
-            jobs.append(self.batchers["image"].submit(list(pixels), deadline, background))
+            pixels = [row for part in decoded for row in part]
+            jobs.append(self.batchers["image"].submit(pixels, deadline, background))
             rows.append(images)
         if texts:
             jobs.append(self.batchers["text"].submit(list(tokens), deadline, background))
@@ -244,6 +252,9 @@ class LoadedVersion:
                     f"input {indices[0]}: model {self.name} version {self.version} has no "
                     f"{modality} tower (it embeds: {', '.join(self.manifest.modalities)})"
                 )
+
+    def _decode_all(self, images: list[tuple[bytes, int]]) -> list[np.ndarray | Admitted]:
+        return [self._decode(data, index) for data, index in images]
 
     def _decode(self, data: bytes, index: int) -> np.ndarray | Admitted:
         assert self.image is not None
