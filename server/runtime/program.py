@@ -83,7 +83,7 @@ class _Graph:
         self.stream = torch.cuda.Stream(tower.device)
         self.input = torch.zeros((size, *shape), dtype=tower.input_dtype, device=tower.device)
         self.lock = threading.Lock()
-        with torch.cuda.stream(self.stream):
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
             for _ in range(2):  # lazy initialisation (cuBLAS handles, autotuning) off the graph
                 module(self.input)
             self.graph = torch.cuda.CUDAGraph()

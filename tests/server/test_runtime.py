@@ -233,3 +233,34 @@ def test_gpu_benchmark_runs(tmp_path):
     assert set(report["model_only"]["image"]) == {"onnx", "program", "open_clip_torch"}
     assert report["figures"]["search_backend"] == "cpu"
     assert [r["runtime"] for r in report["served_version"]["runtimes"].values()] == ["onnx"] * 2
+
+
+def test_the_cpu_serving_path_does_not_import_torch(tiny_repo):
+    """Without the NVIDIA driver, opening a version's towers (programs present) and building
+    a flat collection index leave torch unimported: the CPU path is what it was."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = f"""
+import sys
+from pathlib import Path
+import numpy as np
+from server.config import ServerConfig
+from server.model import open_towers
+from server.repository import Repository
+from server.collections.faiss_index import IndexConfig, VectorIndex
+repo = Repository(Path({str(tiny_repo)!r}))
+towers = open_towers(repo.manifest("tiny", 1), repo.path("tiny", 1), ServerConfig())
+index = VectorIndex.build("flat", 32, "cosine", IndexConfig(), np.empty((0, 32), np.float32))
+assert [c.runtime for c in towers.values()] == ["onnx", "onnx"] and index.device == "cpu"
+print("torch" in sys.modules)
+"""
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("this machine has the NVIDIA driver: torch decides there")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
