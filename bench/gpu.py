@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from harness import machine, save, start_server
 from index import measure_exact
-from serve import jpeg_inputs, text_inputs
+from serve import jpeg_inputs, latency, text_inputs
 
 from server.collections.faiss_index import IndexConfig, VectorIndex
 from server.config import RuntimeConfig
@@ -140,23 +140,6 @@ def end_to_end(address: str, args: Any) -> dict:
     return result
 
 
-def single_image(address: str, image: bytes, requests: int) -> dict:
-    from lens_client import LensClient
-
-    with LensClient(address) as lens:
-        for _ in range(10):
-            lens.embed_images([image])
-        times = []
-        for _ in range(requests):
-            start = time.perf_counter()
-            lens.embed_images([image])
-            times.append((time.perf_counter() - start) * 1000)
-    return {
-        "single_image_p50_ms": float(np.percentile(times, 50)),
-        "single_image_p99_ms": float(np.percentile(times, 99)),
-    }
-
-
 def search(args: Any) -> dict:
     """Exact search on this machine's flat index backend over `args.n` × 512."""
     rng = np.random.default_rng(0)
@@ -218,7 +201,9 @@ def main() -> None:
     process, address = start_server(repo, "--default-model", name)
     try:
         figures.update(end_to_end(address, args))
-        figures.update(single_image(address, jpeg_inputs(1)[0], args.single))
+        single = latency(address, jpeg_inputs(1)[0], args.single)
+        figures["single_image_p50_ms"] = single["p50_ms"]
+        figures["single_image_p99_ms"] = single["p99_ms"]
         from lens_client import LensClient
 
         with LensClient(address) as lens:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +24,7 @@ from server.preprocess import ImagePreprocessor, TextTokenizer
 from server.repository.manifest import (
     ImageSpec,
     Manifest,
+    TextSpec,
     parity_failures,
     sha256,
     verify_files,
@@ -53,28 +54,22 @@ def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[
             f"{folder}: the manifest records failed parity ({'; '.join(failures)})"
         )
     verify_files(folder, manifest)
-    towers: dict[str, Choice] = {}
-    batch = config.batch.max_batch_size
-    if spec := manifest.image:
-        towers["image"] = open_tower(
-            folder / spec.file,
-            _program(folder, manifest, "image"),
-            manifest.dim,
-            config.runtime,
-            batch,
-            partial(_image_probe, spec),
-        )
+    probes: dict[str, tuple[ImageSpec | TextSpec, Callable[[int], np.ndarray]]] = {}
+    if image := manifest.image:
+        probes["image"] = image, partial(_image_probe, image)
     if text := manifest.text:
-        tokenizer = TextTokenizer(text, folder / text.tokenizer)
-        towers["text"] = open_tower(
-            folder / text.file,
-            _program(folder, manifest, "text"),
+        probes["text"] = text, partial(_text_probe, TextTokenizer(text, folder / text.tokenizer))
+    return {
+        modality: open_tower(
+            folder / spec.file,
+            _program(folder, manifest, modality),
             manifest.dim,
             config.runtime,
-            batch,
-            partial(_text_probe, tokenizer),
+            config.batch.max_batch_size,
+            probe,
         )
-    return towers
+        for modality, (spec, probe) in probes.items()
+    }
 
 
 def _program(folder: Path, manifest: Manifest, modality: str) -> Path | None:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -50,26 +50,14 @@ def export_image(
     """Exports the image tower into `staged`: the ONNX graph, then the fp16 program. Returns
     the spec (naming the program if it passed parity) and the parity figures (or ParityError
     for the ONNX graph)."""
-    example = torch.zeros(2, 3, spec.size, spec.size)
-    onnx.export(module, example, staged / spec.file)
     preprocess = ImagePreprocessor(spec)
-    samples = parity.sample_images()
 
-    def with_tower(tower: Tower) -> Callable[[Sequence[bytes]], np.ndarray]:
+    def embed(tower: Tower) -> Callable[[Sequence[bytes]], np.ndarray]:
         return lambda images: tower(np.stack([preprocess(b) for b in images]))
 
-    figures = {
-        "image": parity.check("image", samples, reference, with_tower(_onnx(staged, spec, dim)))
-    }
-    program = _export_program(staged, "image", module, example, dim)
-    if program is not None:
-        file, tower = program
-        if checked := _check_program("image", samples, reference, with_tower(tower)):
-            figures["image.program"] = checked
-            spec = replace(spec, program=file)
-        else:
-            (staged / file).unlink()
-    return spec, figures
+    example = torch.zeros(2, 3, spec.size, spec.size)
+    tower = _Tower("image", spec, module, example, dim, parity.sample_images(), reference, embed)
+    return tower.export(staged)
 
 
 def export_text(
@@ -80,31 +68,48 @@ def export_text(
     reference: Callable[[Sequence[str]], np.ndarray],
 ) -> tuple[TextSpec, dict[str, Any]]:
     """Exports the text tower (its tokenizer must already be in `staged`), as `export_image`."""
-    example = torch.full((2, spec.context_length), spec.pad_id, dtype=torch.long)
-    example[:, 0], example[:, 1] = spec.sot_id, spec.eot_id
-    onnx.export(module, example, staged / spec.file)
     tokenize = TextTokenizer(spec, staged / spec.tokenizer)
 
-    def with_tower(tower: Tower) -> Callable[[Sequence[str]], np.ndarray]:
+    def embed(tower: Tower) -> Callable[[Sequence[str]], np.ndarray]:
         return lambda texts: tower(tokenize(list(texts)))
 
-    samples = parity.SAMPLE_TEXTS
-    figures = {
-        "text": parity.check("text", samples, reference, with_tower(_onnx(staged, spec, dim)))
-    }
-    program = _export_program(staged, "text", module, example, dim)
-    if program is not None:
-        file, tower = program
-        if checked := _check_program("text", samples, reference, with_tower(tower)):
-            figures["text.program"] = checked
-            spec = replace(spec, program=file)
-        else:
-            (staged / file).unlink()
-    return spec, figures
+    example = torch.full((2, spec.context_length), spec.pad_id, dtype=torch.long)
+    example[:, 0], example[:, 1] = spec.sot_id, spec.eot_id
+    samples = list(parity.SAMPLE_TEXTS)
+    return _Tower("text", spec, module, example, dim, samples, reference, embed).export(staged)
 
 
-def _onnx(staged: Path, spec: ImageSpec | TextSpec, dim: int) -> OnnxTower:
-    return OnnxTower(staged / spec.file, CPU, dim)
+Spec = TypeVar("Spec", ImageSpec, TextSpec)
+
+
+@dataclass(frozen=True)
+class _Tower(Generic[Spec]):
+    """One tower to write: `embed(tower)` turns an opened tower into a function of raw
+    samples, so the graph and the program are checked on the same inputs as the source."""
+
+    modality: str
+    spec: Spec
+    module: torch.nn.Module
+    example: torch.Tensor
+    dim: int
+    samples: list[Any]
+    reference: Callable[[Sequence[Any]], np.ndarray]
+    embed: Callable[[Tower], Callable[[Sequence[Any]], np.ndarray]]
+
+    def export(self, staged: Path) -> tuple[Spec, dict[str, Any]]:
+        name, spec = self.modality, self.spec
+        onnx.export(self.module, self.example, staged / spec.file)
+        graph = self.embed(OnnxTower(staged / spec.file, CPU, self.dim))
+        figures = {name: parity.check(name, self.samples, self.reference, graph)}
+        program = _export_program(staged, name, self.module, self.example, self.dim)
+        if program is not None:
+            file, tower = program
+            if checked := _check_program(name, self.samples, self.reference, self.embed(tower)):
+                figures[f"{name}.program"] = checked
+                spec = replace(spec, program=file)
+            else:
+                (staged / file).unlink()
+        return spec, figures
 
 
 def _export_program(
