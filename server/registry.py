@@ -72,6 +72,10 @@ class Registry:
         self._loaded: dict[Key, LoadedVersion] = {}
         self._serving: dict[str, int] = {}
         self._failed: dict[Key, str] = {}
+        # Models whose deployed.json cannot be read: why. Nothing of theirs serves until a
+        # deploy writes it again (serving another version than the one deployed could serve
+        # one that was rolled back for a reason).
+        self._unreadable: dict[str, str] = {}
         self._loading: dict[Key, asyncio.Future[LoadedVersion]] = {}
         self._loading_bytes: dict[Key, int] = {}
         # Unloaded versions still finishing their requests.
@@ -103,7 +107,12 @@ class Registry:
 
     async def _load_model(self, name: str) -> None:
         versions = self.repo.versions(name)
-        deployed = self._deployed(name).serving
+        try:
+            deployed = self._deployed(name).serving
+        except FailedPrecondition as e:
+            self._unreadable[name] = f"{e}; `lens deploy {name} VERSION` writes it again"
+            log.error("model %s is not served: %s", name, self._unreadable[name])
+            return
         await self.try_load(name, deployed if deployed in versions else versions[-1], serve=True)
 
     # -- loading and unloading ---------------------------------------------------------------
@@ -241,8 +250,13 @@ class Registry:
         return previous
 
     def deployed(self, name: str, version: int) -> Deployed:
-        """The deploy state a deploy of `version` of `name` leads to."""
-        return self._deployed(name).deploy(version)
+        """The deploy state a deploy of `version` of `name` leads to (with a new history if
+        the recorded one cannot be read: the deploy repairs it)."""
+        try:
+            return self._deployed(name).deploy(version)
+        except FailedPrecondition as e:
+            log.warning("model %s: %s; this deploy starts a new history", name, e)
+            return Deployed().deploy(version)
 
     def rolled_back(self, name: str) -> Deployed:
         """The deploy state a rollback of `name` leads to (FailedPrecondition if none)."""
@@ -267,9 +281,15 @@ class Registry:
             self.repo.save_deployed(name, state)
         except OSError as e:  # a read-only repository still serves; the change is not kept
             log.warning("model %s: could not record the deployed version: %s", name, e)
+            return
+        self._unreadable.pop(name, None)
 
     def previous_version(self, name: str) -> int:
-        return self._deployed(name).previous
+        """The version a rollback returns to; 0 if none (or the state cannot be read)."""
+        try:
+            return self._deployed(name).previous
+        except FailedPrecondition:
+            return 0
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -286,7 +306,8 @@ class Registry:
             if name not in self._serving:
                 self.repo.versions(name)  # NotFound lists the models
                 reasons = "; ".join(
-                    f"version {v}: {r}" for (n, v), r in self._failed.items() if n == name
+                    [f"version {v}: {r}" for (n, v), r in self._failed.items() if n == name]
+                    + ([self._unreadable[name]] if name in self._unreadable else [])
                 )
                 raise FailedPrecondition(
                     f"model {name!r} has no version serving" + (f" ({reasons})" if reasons else "")
@@ -342,6 +363,8 @@ class Registry:
             return VersionStatus(version, State.FAILED, str(e))
         if key in self._failed:
             return VersionStatus(version, State.FAILED, self._failed[key], manifest)
+        if name in self._unreadable and version == self.repo.versions(name)[-1]:
+            return VersionStatus(version, State.FAILED, self._unreadable[name], manifest)
         state = State.LOADING if key in self._loading else State.AVAILABLE
         return VersionStatus(version, state, "", manifest)
 
@@ -356,7 +379,7 @@ class Registry:
         for name in self.repo.models():
             if name in self._serving or name in self._stopped:
                 continue
-            if not any(n == name for n, _ in self._failed):
+            if name not in self._unreadable and not any(n == name for n, _ in self._failed):
                 async with self.lock(name):
                     if name not in self._serving and not self.loaded_versions(name):
                         log.info("model %s appeared in the repository", name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.errors import InvalidInput, NotFound, available
+from server.errors import FailedPrecondition, InvalidInput, NotFound, available
 from server.repository import manifest as mf
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -100,7 +100,7 @@ class Repository:
         except FileNotFoundError:
             return Deployed()
         except (ValueError, KeyError, TypeError) as e:
-            raise InvalidInput(f"{path}: unreadable deploy state: {e}") from None
+            raise FailedPrecondition(f"{path}: unreadable deploy state: {e}") from None
 
     def save_deployed(self, name: str, state: Deployed) -> None:
         """Writes the deploy state durably (temporary file, fsync, rename)."""

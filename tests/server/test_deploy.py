@@ -395,6 +395,39 @@ def test_deployed_state_and_sizes():
         parse_bytes("lots")
 
 
+def test_an_unreadable_deploy_state_stops_its_model_only_until_a_deploy(repo):
+    """A corrupt `deployed.json` does not stop the server: the other models serve, this one
+    reports why it does not, and deploying a version writes the state again."""
+    shutil.copytree(repo / "tiny", repo / "other")
+    (repo / "other" / "deployed.json").write_text('{"serving": ')
+    server = ServerProcess(repo, "--default-model", "tiny")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            assert embed_one(channel, "still serving").shape == (32,)
+            info = models(channel).GetModel(models_pb2.GetModelRequest(name="other"), timeout=30)
+            (version,) = info.versions
+            assert version.state == models_pb2.VersionInfo.STATE_FAILED
+            assert "unreadable deploy state" in version.reason and "lens deploy" in version.reason
+            request = inference_pb2.EmbedRequest(
+                inputs=[inference_pb2.Input(text="a cat")], model=common_pb2.ModelRef(name="other")
+            )
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Embed(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "unreadable deploy state" in refused.value.details()
+            deployed = models(channel).Deploy(
+                models_pb2.DeployRequest(name="other", version=1), timeout=60
+            )
+            assert deployed.version == 1
+            assert stub.Embed(request, timeout=30).embeddings.rows == 1
+            info = models(channel).GetModel(models_pb2.GetModelRequest(name="other"), timeout=30)
+            assert info.versions[0].state == models_pb2.VersionInfo.STATE_SERVING
+    finally:
+        server.stop()
+    assert json.loads((repo / "other" / "deployed.json").read_text())["serving"] == 1
+
+
 def test_a_reindex_cut_by_a_crash_resumes_at_the_next_start(served, repo, second_checkpoint):
     texts = [f"item {i} of a larger collection" for i in range(3000)]
     with LensClient(served.address) as client, grpc.insecure_channel(served.address) as channel:
