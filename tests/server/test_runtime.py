@@ -264,3 +264,35 @@ print("torch" in sys.modules)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def test_where_images_are_decoded(tiny_repo):
+    """`image_decode`: auto stays on the CPU without a GPU, device takes the tower's device,
+    cpu never; a spec the device cannot resize is refused when the device is insisted on."""
+    from server.config import Limits
+    from server.pipeline import DeviceImages, image_pipeline
+    from server.preprocess import ImagePreprocessor
+    from server.repository.manifest import ImageSpec
+
+    manifest, folder = _version(tiny_repo)
+    tower = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])
+    spec = ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    cpu = ImagePreprocessor(spec, Limits())
+
+    def pipeline(mode: str, spec: ImageSpec = spec):
+        config = dataclasses.replace(CPU, image_decode=mode)
+        return image_pipeline(spec, config, ImagePreprocessor(spec, Limits()), tower)
+
+    assert pipeline("auto") is None and pipeline("cpu") is None
+    assert isinstance(pipeline("device"), DeviceImages)
+    lanczos = dataclasses.replace(spec, interpolation="lanczos")
+    with pytest.raises(FailedPrecondition, match="lanczos"):
+        pipeline("device", lanczos)
+    # A PNG is preprocessed on the CPU at once; a JPEG goes on as bytes.
+    images = pipeline("device")
+    assert images is not None
+    png, jpeg = encode(photo("chelsea"), "PNG"), encode(photo("chelsea"), "JPEG")
+    position, pixels = images.admit(png, 4)
+    assert position == 4 and isinstance(pixels, np.ndarray)
+    np.testing.assert_array_equal(pixels, cpu(png))
+    assert images.admit(jpeg, 5) == (5, jpeg)
