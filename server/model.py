@@ -72,6 +72,13 @@ def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[
     }
 
 
+def _served_file(manifest: Manifest, modality: str, runtime: str) -> str:
+    """The file whose weights the tower holds on `runtime`."""
+    spec = manifest.image if modality == "image" else manifest.text
+    assert spec is not None
+    return spec.program if runtime == "program" else spec.file
+
+
 def _program(folder: Path, manifest: Manifest, modality: str) -> Path | None:
     """The tower's fp16 program, if the version has one that passed parity at export."""
     spec = manifest.image if modality == "image" else manifest.text
@@ -96,7 +103,8 @@ def _text_probe(tokenizer: TextTokenizer, n: int) -> np.ndarray:
 
 
 def weight_bytes(manifest: Manifest, folder: Path) -> int:
-    """Bytes of the version's tower files: what loading it holds in memory, about."""
+    """Bytes of the version's ONNX towers: what loading it holds in memory, about (on a GPU
+    the fp16 programs, half that, are held too while the runtime is chosen)."""
     return sum((folder / s.file).stat().st_size for s in (manifest.image, manifest.text) if s)
 
 
@@ -140,7 +148,10 @@ class LoadedVersion:
             self.batchers["text"] = Batcher(f"{label}/text", towers["text"].tower, config.batch)
         self.runtimes = towers
         self.providers = sorted({p for c in towers.values() for p in c.tower.providers})
-        self.memory_bytes = weight_bytes(manifest, folder)
+        self.memory_bytes = sum(
+            (folder / _served_file(manifest, modality, choice.runtime)).stat().st_size
+            for modality, choice in towers.items()
+        )
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()

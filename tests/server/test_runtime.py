@@ -144,6 +144,10 @@ def test_server_on_the_program_runtime(tiny_repo, channel):
         assert onnx_trial.runtime == "onnx" and program_trial.providers == ["torch-fp16:cpu"]
         assert program_trial.min_cosine >= PROGRAM_PARITY
     assert "torch-fp16:cpu" in version.providers
+    # What it holds is the programs' weights, not the graphs'.
+    folder = tiny_repo / "tiny" / "1"
+    held = sum((folder / f"{m}.pt2").stat().st_size for m in ("image", "text"))
+    assert version.memory_bytes == held
 
 
 def test_default_server_reports_onnx(channel):
