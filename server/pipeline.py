@@ -14,6 +14,7 @@ whose data is not fails alone, as its own request's INVALID_ARGUMENT (`Partial`)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from server.batching import Partial
 from server.config import RuntimeConfig
-from server.errors import FailedPrecondition, InvalidInput
+from server.errors import FailedPrecondition, InvalidInput, LensError
 from server.gpu import cuda_available, torch_installed
 from server.preprocess import ImagePreprocessor
 from server.repository.manifest import ImageSpec
@@ -77,12 +78,12 @@ class DeviceImages:
         with torch.inference_mode(), self._stream():
             pixels, errors = self._preprocess([x for _, x in items])
             out = self._tower.run_device(pixels).cpu().numpy()
-        failed = {i: InvalidInput(f"input {items[i][0]}: {e}") for i, e in errors.items()}
-        return Partial(out, dict(failed))
+        failed: dict[int, LensError] = {
+            i: InvalidInput(f"input {items[i][0]}: {e}") for i, e in errors.items()
+        }
+        return Partial(out, failed)
 
     def _stream(self) -> Any:
-        import contextlib
-
         import torch
 
         device = self._preprocess.device
