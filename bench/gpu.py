@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import machine, save, start_server
+from harness import hot_frames, machine, sampled, save, start_server
 from index import measure_exact
 from serve import jpeg_inputs, latency, text_inputs
 
@@ -82,7 +82,8 @@ def model_only(repository: Repository, name: str, version: int, arch: str, args:
     runs: dict[str, dict[str, Any]] = {"image": {}, "text": {}}
     for modality, spec, x in (("image", manifest.image, pixels), ("text", manifest.text, tokens)):
         onnx = OnnxTower(folder / spec.file, config, manifest.dim)
-        runs[modality]["onnx"] = rate(onnx.run_device, x, args.iterations)
+        if onnx.device == device.type:  # not onnxruntime without CUDA, on the host's cores
+            runs[modality]["onnx"] = rate(onnx.run_device, x, args.iterations)
         if spec.program:
             program = ProgramTower(folder / spec.program, manifest.dim, args.device, args.batch)
             runs[modality]["program"] = rate(program.run_device, x, args.iterations)
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="vectors searched")
     parser.add_argument("--queries", type=int, default=10_240)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="the server's sampled stacks end to end (py-spy)"
+    )
     args = parser.parse_args()
     arch, name = (str(TINY), "tiny-clip") if args.tiny else ("ViT-B-32", "clip-vit-b-32")
 
@@ -193,6 +197,11 @@ def main() -> None:
     arch_name = Path(arch).stem if arch.endswith(".json") else arch
     figures: dict[str, Any] = {}
     runs = model_only(repository, name, version, arch_name, args)
+    if not any(runs["image"].get(k) for k in ("onnx", "program")):
+        raise SystemExit(
+            f"no runtime of {name} runs on {args.device}: onnxruntime has no provider for it "
+            "and the version has no fp16 program (see the export's log)"
+        )
     figures["model_images_per_s"] = max(
         v for k, v in runs["image"].items() if k != "open_clip_torch"
     )
@@ -200,8 +209,9 @@ def main() -> None:
 
     process, address = start_server(repo, "--default-model", name)
     try:
-        figures.update(end_to_end(address, args))
-        single = latency(address, jpeg_inputs(1)[0], args.single)
+        with sampled(process.pid, args.profile):
+            figures.update(end_to_end(address, args))
+            single = latency(address, jpeg_inputs(1)[0], args.single)
         figures["single_image_p50_ms"] = single["p50_ms"]
         figures["single_image_p99_ms"] = single["p99_ms"]
         from lens_client import LensClient
@@ -227,6 +237,11 @@ def main() -> None:
             f"model only, {modality}: "
             + ", ".join(f"{k} {v:,.0f}/s" for k, v in by_runtime.items())
         )
+    hot = hot_frames(args.profile) if args.profile and args.profile.exists() else []
+    if hot:
+        print(f"where the server's busy threads were, end to end ({args.profile}):")
+        for frame, share in hot:
+            print(f"  {share:6.1%}  {frame}")
     report = {
         "benchmark": "gpu",
         "machine": machine(**_versions()),
@@ -236,6 +251,7 @@ def main() -> None:
         "targets": {k: {"target": t, "higher_is_better": h} for k, t, h in TARGETS},
         "model_only": runs,
         "served_version": model["versions"][-1],
+        "server_profile": [{"frame": f, "share": round(v, 4)} for f, v in hot],
     }
     save(report, f"gpu-{arch_name}", args.out)
 

@@ -37,19 +37,28 @@ else
 fi
 
 status=0
-step() {  # step NAME COMMAND...: runs it, logs to OUT_DIR/NAME.log, remembers a failure
-  local name=$1; shift
+step() {  # step NAME SECONDS COMMAND...: runs it for at most SECONDS, logs to OUT_DIR/NAME.log
+  local name=$1 limit=$2; shift 2
   echo "== $name: $*"
-  if ! "$@" 2>&1 | tee "$out/$name.log"; then
+  local start=$SECONDS
+  if ! timeout -k 10 "$limit" "$@" 2>&1 | tee "$out/$name.log"; then
     echo "== $name FAILED"; status=1
   fi
+  echo "== $name took $((SECONDS - start)) s"
 }
-step versions "$python" -c "import torch, onnxruntime as ort; print(torch.__version__, \
+# The steps in the order of what matters most, each bounded, so that a lease cut short still
+# brings back the serving figures.
+step versions 60 "$python" -c "import torch, onnxruntime as ort; print(torch.__version__, \
 torch.cuda.is_available(), ort.__version__, ort.get_available_providers())"
-step gpu-tests "$python" -m pytest -q -m gpu -p no:cacheprovider tests/server
-step gpu "$python" bench/gpu.py "${gpu[@]}" --out "$out/gpu.json"
-step decode "$python" bench/decode.py "${decode[@]}" --out "$out/decode.json"
-step index "$python" bench/index.py "${index[@]}" --out "$out/index.json"
-step train-speed "$python" bench/train_speed.py "${train[@]}" --out "$out/train_speed.json"
+if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi dmon -s um -o T >"$out/dmon.log" 2>&1 &  # GPU utilisation through the run
+  dmon=$!
+fi
+step gpu 300 "$python" bench/gpu.py "${gpu[@]}" --out "$out/gpu.json" --profile "$out/e2e.stacks"
+[ -n "${dmon:-}" ] && kill "$dmon"
+step gpu-tests 150 "$python" -m pytest -q -m gpu -p no:cacheprovider tests/server
+step decode 60 "$python" bench/decode.py "${decode[@]}" --out "$out/decode.json"
+step train-speed 150 "$python" bench/train_speed.py "${train[@]}" --out "$out/train_speed.json"
+step index 120 "$python" bench/index.py "${index[@]}" --out "$out/index.json"
 echo "device: $device; results in $out"
 exit $status

@@ -6,9 +6,14 @@ import json
 import os
 import platform
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,3 +70,45 @@ def start_server(repo: Path, *options: str) -> tuple[subprocess.Popen[str], str]
         if match := re.search(r"lens serving .* on (\S+:\d+)", line):
             return process, match.group(1)
     raise RuntimeError("server did not start")
+
+
+@contextmanager
+def sampled(pid: int, out: Path | None) -> Iterator[None]:
+    """Samples the Python stacks of process `pid` with py-spy, where it is installed, while the
+    block runs; writes them to `out` as collapsed stacks (`frame;frame;... count` a line)."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if out is None or spy is None:
+        yield
+        return
+    command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
+    sampler = subprocess.Popen(
+        [*command, "--nonblocking", "--threads", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)  # py-spy writes what it sampled, then exits
+        _, error = sampler.communicate(timeout=60)
+        if not out.exists():
+            print(f"py-spy wrote no profile: {error.strip()[-500:]}")
+
+
+def hot_frames(stacks: Path, top: int = 15) -> list[tuple[str, float]]:
+    """The frames most often on top of the sampled stacks (idle threads left out), with the
+    share of busy samples each one holds."""
+    counts: Counter[str] = Counter()
+    for line in stacks.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frame = stack.rsplit(";", 1)[-1]
+        if not _idle(frame):
+            counts[frame] += int(count)
+    busy = sum(counts.values()) or 1
+    return [(frame, n / busy) for frame, n in counts.most_common(top)]
+
+
+def _idle(frame: str) -> bool:
+    """Threads parked in a wait (thread pools, the gRPC poller, queues) rather than working."""
+    return any(word in frame for word in ("wait (threading", "_worker (concurrent", "select ("))

@@ -10,14 +10,16 @@ import functools
 import importlib.util
 from pathlib import Path
 
-# Present wherever the NVIDIA kernel driver is loaded (Linux).
-_DRIVER = Path("/proc/driver/nvidia/version")
+# One of these is present wherever an NVIDIA driver is reachable: the kernel driver's version
+# (Linux), its control device (containers and sandboxes that pass devices, not /proc, through),
+# the GPU paravirtualisation device (WSL).
+_DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"), Path("/dev/dxg"))
 
 
 @functools.cache
 def cuda_available() -> bool:
     """True when torch is installed and sees a CUDA device."""
-    if not _DRIVER.exists() or importlib.util.find_spec("torch") is None:
+    if not any(p.exists() for p in _DRIVER) or importlib.util.find_spec("torch") is None:
         return False
     import torch
 
