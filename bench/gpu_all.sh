@@ -5,6 +5,7 @@
 #
 #   bash bench/gpu_all.sh OUT_DIR           # results and logs land in OUT_DIR
 #   SMALL=1 bash bench/gpu_all.sh OUT_DIR   # tiny sizes: checks the script on any machine
+#   ONLY="gpu index" bash bench/gpu_all.sh OUT_DIR   # those steps alone (versions always runs)
 #
 # It needs the project importable by `python3` (an installed .venv, or wheels unpacked into
 # PYTHONPATH on a machine without a registry) and generated protocol code in gen/.
@@ -39,6 +40,7 @@ fi
 status=0
 step() {  # step NAME SECONDS COMMAND...: runs it for at most SECONDS, logs to OUT_DIR/NAME.log
   local name=$1 limit=$2; shift 2
+  case " ${ONLY:-$name} versions " in *" $name "*) ;; *) return 0 ;; esac  # ONLY="gpu index": those
   echo "== $name: $*"
   local start=$SECONDS
   if ! timeout -k 10 "$limit" "$@" 2>&1 | tee "$out/$name.log"; then

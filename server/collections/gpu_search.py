@@ -111,6 +111,11 @@ def _missing(n: int, k: int, l2: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, k), _sentinel(l2), np.float32), np.full((n, k), -1, np.int64)
 
 
+# Candidates beyond k that an fp16 or bf16 ranking keeps for the float32 rescoring: enough to
+# hold the true top k where rounding the scores to 16 bits reorders near ties.
+RESCORED = 32
+
+
 class _Rows:
     """A growable int64 array (positions → row numbers), doubling its capacity."""
 
@@ -141,8 +146,8 @@ class DeviceFlat:
     in another order than faiss's. Row numbers are mirrored on the CPU to map hits back.
 
     A search takes `query_chunk` queries at a time and, so that a score tile stays within
-    `max_score_bytes` (float32), as many database rows per product as fit; each tile's top k
-    is merged into the running top k.
+    `max_score_bytes`, as many database rows per product as fit; each tile's top k is merged
+    into the running top k.
     """
 
     def __init__(
@@ -152,7 +157,7 @@ class DeviceFlat:
         device: str = "cuda",
         dtype: str = "float16",
         query_chunk: int = 1024,
-        max_score_bytes: int = 256 << 20,
+        max_score_bytes: int = 1 << 30,
         capacity: int = 0,
     ) -> None:
         import torch
@@ -262,30 +267,46 @@ class DeviceFlat:
     def _top(
         self, q: torch.Tensor, k: int, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The best min(k, size) (scores, positions), each (m, k'), of queries `q` (m, d)."""
+        """The best min(k, size) (scores, positions), each (m, k'), of queries `q` (m, d).
+
+        Inner products of fp16 or bf16 vectors are ranked on the product's own output, as
+        wide as the vectors (half the memory traffic of float32 scores, which is what the
+        top-k pass spends its time on), for `k + RESCORED` candidates; those are then scored
+        again in float32 and the best k kept. L2 distances are ranked in float32 throughout.
+        """
         import torch
 
         m, size = len(q), self.size
-        block = max(1, self.max_score_bytes // (4 * m))  # database rows per score tile
+        reduced = not self.l2 and self.dtype != torch.float32
+        score_type = self.dtype if reduced else torch.float32
+        pick = min(size, k + RESCORED) if reduced else k
+        block = max(1, self.max_score_bytes // (score_type.itemsize * m))  # rows per tile
         qd = q.to(self.dtype)
         q_norms = q.square().sum(1, keepdim=True)  # (m, 1)
         best: torch.Tensor | None = None
         where: torch.Tensor | None = None
         for lo in range(0, size, block):
             hi = min(size, lo + block)
-            s = (qd @ self.vectors[lo:hi].T).float()  # (m, hi - lo)
+            s = (qd @ self.vectors[lo:hi].T).to(score_type)  # (m, hi - lo)
             if self.l2:  # faiss clamps the rounding below zero as well
                 s = (q_norms - 2 * s + self.norms[lo:hi]).clamp_(min=0)
             if mask is not None:
                 s.masked_fill_(~mask[lo:hi], float("inf") if self.l2 else float("-inf"))
-            s, p = torch.topk(s, min(k, hi - lo), dim=1, largest=not self.l2)  # (m, k')
+            s, p = torch.topk(s, min(pick, hi - lo), dim=1, largest=not self.l2)  # (m, k')
             p += lo
             if best is not None and where is not None:
-                s, j = torch.topk(torch.cat([best, s], 1), min(k, hi), dim=1, largest=not self.l2)
+                s, j = torch.topk(
+                    torch.cat([best, s], 1), min(pick, hi), dim=1, largest=not self.l2
+                )
                 p = torch.gather(torch.cat([where, p], 1), 1, j)
             best, where = s, p
         assert best is not None and where is not None  # size > 0
-        return best, where
+        if not reduced:
+            return best, where
+        exact = torch.einsum("mcd,md->mc", self.vectors[where].float(), q)  # (m, pick)
+        exact.masked_fill_(best == float("-inf"), float("-inf"))  # filtered out stays out
+        top, j = torch.topk(exact, min(k, pick), dim=1)
+        return top, torch.gather(where, 1, j)
 
 
 def _grown(tensor: torch.Tensor, used: int, shape: tuple[int, ...]) -> torch.Tensor:

@@ -60,6 +60,8 @@ _OTHER_FRAMES = frozenset({0xC1, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
 # Orientations `ImageOps.exif_transpose` acts on; any other value leaves the image as it is.
 _ROTATED = frozenset(range(2, 9))
+# The end-of-image marker: a whole JPEG ends with it (zero padding after it aside).
+_EOI = b"\xff\xd9"
 
 
 def device_decodable(spec: ImageSpec) -> bool:
@@ -144,29 +146,38 @@ class DevicePreprocessor:
     ) -> tuple[dict[int, torch.Tensor], dict[int, np.ndarray], dict[int, InvalidInput]]:
         """JPEGs by row → uint8 (3, H, W) on the device, Pillow's pixels for those the device
         could not decode, and errors for those Pillow could not decode either."""
-        if not jpegs:
-            return {}, {}, {}
-        encoded = {
-            i: torch.frombuffer(bytearray(data), dtype=torch.uint8) for i, data in jpegs.items()
-        }
-        try:
-            images = decode_jpeg(list(encoded.values()), device=self.device, mode=ImageReadMode.RGB)
-            return dict(zip(encoded, images, strict=True)), {}, {}
-        except RuntimeError as e:
-            log.debug("batched decode of %d JPEGs failed (%s); decoding one by one", len(jpegs), e)
         decoded: dict[int, torch.Tensor] = {}
         fallbacks: dict[int, np.ndarray] = {}
         errors: dict[int, InvalidInput] = {}
-        for i, tensor in encoded.items():
-            try:
-                decoded[i] = decode_jpeg(tensor, device=self.device, mode=ImageReadMode.RGB)
-                continue
-            except RuntimeError as e:
-                log.debug("row %d: the device could not decode it (%s); trying Pillow", i, e)
+
+        def pillow(i: int) -> None:
             try:
                 fallbacks[i] = self.cpu(jpegs[i])
             except InvalidInput as e:
                 errors[i] = e
+
+        # nvJPEG decodes a truncated scan without complaint (grey where the data is missing);
+        # Pillow refuses it. A JPEG that does not end whole is Pillow's to judge.
+        encoded = {
+            i: torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            for i, data in jpegs.items()
+            if data.rstrip(b"\x00").endswith(_EOI)
+        }
+        for i in jpegs.keys() - encoded.keys():
+            pillow(i)
+        if not encoded:
+            return decoded, fallbacks, errors
+        try:
+            images = decode_jpeg(list(encoded.values()), device=self.device, mode=ImageReadMode.RGB)
+            return dict(zip(encoded, images, strict=True)), fallbacks, errors
+        except RuntimeError as e:
+            log.debug("batched decode of %d JPEGs failed (%s); decoding one by one", len(jpegs), e)
+        for i, tensor in encoded.items():
+            try:
+                decoded[i] = decode_jpeg(tensor, device=self.device, mode=ImageReadMode.RGB)
+            except RuntimeError as e:
+                log.debug("row %d: the device could not decode it (%s); trying Pillow", i, e)
+                pillow(i)
         return decoded, fallbacks, errors
 
     def _preprocess(self, images: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.export.passes import move_to_device_pass
 
 from server.errors import ModelError
 
@@ -42,7 +43,10 @@ class ProgramTower:
         self.input_shape = tuple(int(s) for s in example.shape[1:])
         self.device = torch.device(device)
         self.dim = dim
-        self._module = program.module().to(self.device)
+        # Moves the weights and rewrites the devices the exporter wrote into the graph (its
+        # tensor metadata checks name the device it traced on, the CPU).
+        program = move_to_device_pass(program, self.device)
+        self._module = program.module()
         self.providers = [f"torch-fp16:{self.device}"]
         cuda = self.device.type == "cuda"
         self._buckets = sorted({b for b in BUCKETS if b < max_batch} | {max_batch}) if cuda else []

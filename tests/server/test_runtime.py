@@ -67,6 +67,17 @@ def test_program_runs_the_tower_in_fp16_like_onnx(tiny_repo):
         assert _cosines(onnx(x), out).min() >= PROGRAM_PARITY
 
 
+def test_a_program_is_moved_whole_to_its_device(tiny_repo):
+    # The exporter writes the device it traced on (the CPU) into the graph's tensor checks; a
+    # program loaded for another device must name that one everywhere, or it fails there.
+    manifest, folder = _version(tiny_repo)
+    program = ProgramTower(folder / "image.pt2", manifest["dim"], "meta", max_batch=8)
+    nodes = program._module.graph.nodes
+    devices = {torch.device(n.kwargs["device"]) for n in nodes if "device" in n.kwargs}
+    tensors = [*program._module.parameters(), *program._module.buffers()]
+    assert devices == {torch.device("meta")} and all(t.is_meta for t in tensors)
+
+
 def test_auto_without_a_gpu_is_onnx_unmeasured(tiny_repo):
     manifest, folder = _version(tiny_repo)
     choice = open_tower(
