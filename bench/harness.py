@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -66,10 +67,14 @@ def start_server(repo: Path, *options: str) -> tuple[subprocess.Popen[str], str]
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
+    said: deque[str] = deque(maxlen=200)
     for line in process.stdout:
+        said.append(line)
         if match := re.search(r"lens serving .* on (\S+:\d+)", line):
+            # Keep reading what it says, so that a full pipe never stalls it.
+            threading.Thread(target=deque, args=(process.stdout, 0), daemon=True).start()
             return process, match.group(1)
-    raise RuntimeError("server did not start")
+    raise RuntimeError(f"server did not start (exit {process.wait()}):\n{''.join(said)}")
 
 
 @contextmanager

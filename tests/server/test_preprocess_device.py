@@ -155,6 +155,10 @@ def test_admit_refuses_what_pillow_refuses(data, limits, message):
     assert str(refused.value) == str(by_pillow.value)
 
 
+# The largest pixel difference allowed between nvJPEG's decode and Pillow's.
+NVJPEG_MOST = 32 / 255
+
+
 def truncated_jpeg() -> bytes:
     """A JPEG cut right after its headers: it opens, but it has no scan data."""
     data = jpeg("chelsea", (320, 240))
@@ -162,7 +166,7 @@ def truncated_jpeg() -> bytes:
     return data[: scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")]
 
 
-def check_truncated_row(device_name: str) -> None:
+def check_truncated_row(device_name: str, tolerance: float = 2 / 255) -> None:
     cpu, device = preprocessors(device_name)
     good = [jpeg("astronaut", (640, 480)), jpeg("camera", (300, 500))]
     broken = truncated_jpeg()
@@ -172,7 +176,7 @@ def check_truncated_row(device_name: str) -> None:
     assert pixels.device.type == torch.device(device_name).type
     assert not pixels[1].any()
     for row, data in ((0, good[0]), (2, good[1])):
-        assert difference(pixels[row], cpu(data))[0] <= 2 / 255
+        assert difference(pixels[row], cpu(data))[0] <= tolerance
 
 
 def test_a_truncated_jpeg_is_an_error_of_its_row_only():
@@ -190,11 +194,12 @@ def test_lanczos_stays_on_pillow():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_device_nvjpeg(photos):
-    # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's: a looser bound, not yet
-    # measured on a GPU.
+    # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's: on an H200 (2026-11-26)
+    # 1,024 photos at 640×480 differed from Pillow's pixels by 17/255 at most, 0.16/255 on
+    # average (bench/decode.py).
     cpu, device = preprocessors("cuda")
     pixels, errors = device([device.admit(data) for data in photos])
     assert errors == {} and pixels.device.type == "cuda"
     most, mean = difference(pixels, np.stack([cpu(data) for data in photos]))
-    assert most <= 64 / 255 and mean <= 2 / 255, (most * 255, mean * 255)
-    check_truncated_row("cuda")
+    assert most <= NVJPEG_MOST and mean <= 1 / 255, (most * 255, mean * 255)
+    check_truncated_row("cuda", NVJPEG_MOST)
