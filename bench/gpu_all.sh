@@ -25,7 +25,7 @@ fi
 if [ -n "${SMALL:-}" ]; then
   device=cpu
   gpu=(--tiny --device cpu --images 64 --texts 128 --clients 2 --single 10 --batch 16
-    --iterations 2 --n 5000 --queries 1024)
+    --iterations 2 --seconds 0 --rounds 1 --n 5000 --queries 1024)
   decode=(--images 32 --batch 16 --device cpu)
   index=(--n 20000 --types flat --durable 0 --device cpu)
   train=(--tiny --steps 1 --warmup 0)

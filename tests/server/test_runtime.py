@@ -233,7 +233,7 @@ def test_gpu_benchmark_runs(tmp_path):
 
     out = tmp_path / "gpu.json"
     options = "--device cpu --images 64 --texts 128 --clients 2 --single 10 --batch 16"
-    options += " --iterations 2 --n 5000 --queries 1024"
+    options += " --iterations 2 --seconds 0 --rounds 2 --n 5000 --queries 1024"
     command = [str(LENS.with_name("python")), str(ROOT / "bench" / "gpu.py"), "--tiny"]
     result = subprocess.run(
         [*command, *options.split(), "--repo", str(tmp_path), "--out", str(out)],
