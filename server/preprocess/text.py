@@ -18,11 +18,16 @@ from tokenizers import Tokenizer
 from server.repository.manifest import TextSpec
 
 _SPACES = re.compile(r"\s+")
+# Printable ASCII without "&": text that ftfy and HTML unescaping leave as it is (both act only
+# on other characters or on entities), so the cleaning skips them; most queries are such text,
+# and ftfy is most of a text's cost before the model.
+_PLAIN = re.compile(r"[ -%'-~]*")
 
 
 def clean_openclip(text: str) -> str:
     """open_clip's `_clean_lower`: basic_clean, whitespace_clean, lower."""
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if not _PLAIN.fullmatch(text):
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
     return _SPACES.sub(" ", text).strip().lower()
 
 

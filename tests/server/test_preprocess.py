@@ -95,6 +95,8 @@ TEXTS = [
     "  lots   of\twhitespace \n and newlines  ",
     "it's they're we'll I'd you've don’t",
     "1234 5678 3.14159 x86_64",
+    "Printable ASCII: ~`{braces}|[brackets]^_\\ \"quotes\" 'single' #$%*+,-./:;=?@",
+    "Tom &amp;amp; Jerry &quot;quoted&quot; a\x07bell a\x1b[31mred\x1b[0m\rreturn",
     "<start_of_text> special <end_of_text> tokens",
     "Ünïcödé ŁÓDŹ ǅ e\u0301",
     "word " * 200,
