@@ -171,7 +171,7 @@ class DevicePreprocessor:
             images = decode_jpeg(list(encoded.values()), device=self.device, mode=ImageReadMode.RGB)
             return dict(zip(encoded, images, strict=True)), fallbacks, errors
         except RuntimeError as e:
-            log.debug("batched decode of %d JPEGs failed (%s); decoding one by one", len(jpegs), e)
+            log.debug("batched decode of %d JPEGs failed (%s); one by one now", len(encoded), e)
         for i, tensor in encoded.items():
             try:
                 decoded[i] = decode_jpeg(tensor, device=self.device, mode=ImageReadMode.RGB)

@@ -137,7 +137,7 @@ def _measure(
                 f"{program_file}: the fp16 program cannot serve: {trials[1].error}"
             )
         return Choice(onnx, "onnx", tuple(trials))
-    if program is not None and (engine == "program" or trials[1].items_per_second >= onnx_speed):
+    if program is not None and (engine == "program" or trials[1].items_per_second > onnx_speed):
         return Choice(program, "program", tuple(trials))
     return Choice(onnx, "onnx", tuple(trials))
 
