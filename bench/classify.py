@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from harness import machine, save, start_server
-from lens_client import LensClient
 from PIL import Image
 
-from server.repository import Repository
-from training.evaluate import DIGIT_TEMPLATES
-from training.export.trained import export_run
-from training.loop import TrainConfig, Trainer
-from training.quick import PLANS
+from lens_client import LensClient
+from lens_server.repository import Repository
+from lens_training.evaluate import DIGIT_TEMPLATES
+from lens_training.export.trained import export_run
+from lens_training.loop import TrainConfig, Trainer
+from lens_training.quick import PLANS
 
 
 def png(pixels: torch.Tensor) -> bytes:

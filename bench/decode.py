@@ -28,10 +28,10 @@ import torchvision
 from harness import machine, save
 from serve import jpeg_inputs
 
-from server.config import Limits
-from server.preprocess import ImagePreprocessor
-from server.preprocess.device import DevicePreprocessor
-from server.repository.manifest import ImageSpec
+from lens_server.config import Limits
+from lens_server.preprocess import ImagePreprocessor
+from lens_server.preprocess.device import DevicePreprocessor
+from lens_server.repository.manifest import ImageSpec
 
 # open_clip's ViT-B-32 evaluation transform.
 MEAN = (0.48145466, 0.4578275, 0.40821073)

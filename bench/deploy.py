@@ -24,13 +24,19 @@ import grpc
 import numpy as np
 from harness import machine, save, start_server
 from lens.v1 import index_pb2, index_pb2_grpc, inference_pb2, inference_pb2_grpc
-from lens_client import LensClient
 from skimage import data
 
-from server.repository import Repository
-from training.export.openclip import import_openclip
+from lens_client import LensClient
+from lens_server.repository import Repository
+from lens_training.export.openclip import import_openclip
 
-TINY = Path(__file__).resolve().parents[1] / "training" / "configs" / "lens-tiny-clip.json"
+TINY = (
+    Path(__file__).resolve().parents[1]
+    / "training"
+    / "lens_training"
+    / "configs"
+    / "lens-tiny-clip.json"
+)
 
 
 class Load:

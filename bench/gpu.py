@@ -30,12 +30,12 @@ from harness import hot_frames, machine, sampled, save, start_server
 from index import measure_exact
 from serve import jpeg_inputs, latency, text_inputs
 
-from server.collections.faiss_index import IndexConfig, VectorIndex
-from server.config import RuntimeConfig
-from server.repository import Repository
+from lens_server.collections.faiss_index import IndexConfig, VectorIndex
+from lens_server.config import RuntimeConfig
+from lens_server.repository import Repository
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "training" / "configs" / "lens-tiny-clip.json"
+TINY = ROOT / "training" / "lens_training" / "configs" / "lens-tiny-clip.json"
 # (figure, target, whether higher is better): one H100, ViT-B-32.
 TARGETS = (
     ("model_images_per_s", 28_000, True),
@@ -51,7 +51,7 @@ TARGETS = (
 
 def model_repository(repo: Path, arch: str, name: str) -> tuple[Repository, int]:
     """The repository holding `name` (imported from open_clip `arch` if it is not there)."""
-    from training.export.openclip import import_openclip
+    from lens_training.export.openclip import import_openclip
 
     repository = Repository(repo)
     if name not in repository.models():
@@ -69,8 +69,8 @@ def model_only(repository: Repository, name: str, version: int, arch: str, args:
     import open_clip
     import torch
 
-    from server.runtime.onnx import OnnxTower
-    from server.runtime.program import ProgramTower
+    from lens_server.runtime.onnx import OnnxTower
+    from lens_server.runtime.program import ProgramTower
 
     manifest, folder = repository.manifest(name, version), repository.path(name, version)
     device = torch.device(args.device)
@@ -171,7 +171,7 @@ def search(args: Any) -> dict:
 
 
 def _device_sync() -> Any:
-    from server.gpu import cuda_available
+    from lens_server.gpu import cuda_available
 
     if not cuda_available():
         return lambda: None

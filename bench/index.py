@@ -27,9 +27,9 @@ import faiss
 import numpy as np
 from harness import machine, save
 
-from server.collections import Collection, CollectionSpec, IndexConfig, NewItem
-from server.collections.faiss_index import VectorIndex
-from server.collections.gpu_search import DeviceFlat, search_device
+from lens_server.collections import Collection, CollectionSpec, IndexConfig, NewItem
+from lens_server.collections.faiss_index import VectorIndex
+from lens_server.collections.gpu_search import DeviceFlat, search_device
 
 
 def dataset(n: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from harness import machine, save, start_server
-from lens_client import LensClient
 from PIL import Image
 
-from server.config import RuntimeConfig
-from server.preprocess import ImagePreprocessor, TextTokenizer
-from server.repository import Repository
-from server.runtime import OnnxTower
+from lens_client import LensClient
+from lens_server.config import RuntimeConfig
+from lens_server.preprocess import ImagePreprocessor, TextTokenizer
+from lens_server.repository import Repository
+from lens_server.runtime import OnnxTower
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
 

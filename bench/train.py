@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from harness import machine, save
 
-from training.evaluate import chance, view_retrieval_top1
-from training.loop import TrainConfig, Trainer
-from training.quick import PLANS
+from lens_training.evaluate import chance, view_retrieval_top1
+from lens_training.loop import TrainConfig, Trainer
+from lens_training.quick import PLANS
 
 
 def run(method: str, seed: int, out: Path) -> dict:

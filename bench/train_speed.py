@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from harness import machine, save
 
-from training import data as datasets
-from training.loop import TrainConfig, Trainer
+from lens_training import data as datasets
+from lens_training.loop import TrainConfig, Trainer
 
 # method → (architecture, batch) for the targets, and tiny stand-ins for --tiny
 PLANS = {

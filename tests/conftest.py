@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ARCH = ROOT / "training" / "configs" / "lens-tiny-clip.json"
+TINY_ARCH = ROOT / "training" / "lens_training" / "configs" / "lens-tiny-clip.json"
 LENS = Path(sys.executable).with_name("lens")
 
 
@@ -59,8 +59,8 @@ def tiny_openclip(tmp_path_factory: pytest.TempPathFactory):
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_openclip) -> Path:
     """A repository holding model `tiny` version 1: `tiny_openclip` imported from its
     checkpoint file (32-d, both towers)."""
-    from server.repository import Repository
-    from training.export.openclip import import_openclip
+    from lens_server.repository import Repository
+    from lens_training.export.openclip import import_openclip
 
     root = tmp_path_factory.mktemp("repo")
     import_openclip(Repository(root), str(TINY_ARCH), "tiny", pretrained=str(tiny_openclip[3]))

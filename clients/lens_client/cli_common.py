@@ -15,7 +15,7 @@ from lens_client import codec
 
 if TYPE_CHECKING:
     from lens_client.client import LensClient
-    from server.repository import Repository
+    from lens_server.repository import Repository
 
 app = typer.Typer(
     name="lens",

@@ -86,10 +86,10 @@ def serve(
     """Serve the models of a repository over gRPC."""
     import asyncio
 
-    from server.app import serve as run
-    from server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
-    from server.errors import LensError
-    from server.gpu import cuda_available
+    from lens_server.app import serve as run
+    from lens_server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
+    from lens_server.errors import LensError
+    from lens_server.gpu import cuda_available
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -201,9 +201,9 @@ def import_hf(
 
 
 def _import(repo: Path, name: str, if_missing: bool, source: str, **kwargs: object) -> None:
-    from server.errors import LensError
-    from server.repository import Repository
-    from training.export import ParityError
+    from lens_server.errors import LensError
+    from lens_server.repository import Repository
+    from lens_training.export import ParityError
 
     repository = Repository(repo)
     if if_missing and name in repository.models():
@@ -221,11 +221,11 @@ def _import(repo: Path, name: str, if_missing: bool, source: str, **kwargs: obje
     logging.basicConfig(level=logging.WARNING)
     try:
         if source == "openclip":
-            from training.export.openclip import import_openclip
+            from lens_training.export.openclip import import_openclip
 
             version, path = import_openclip(repository, name=name, **kwargs)  # type: ignore[arg-type]
         else:
-            from training.export.hf import import_hf
+            from lens_training.export.hf import import_hf
 
             version, path = import_hf(repository, name=name, **kwargs)  # type: ignore[arg-type]
     except (ParityError, LensError, ValueError, RuntimeError, OSError) as e:

@@ -70,12 +70,12 @@ def train(
     repo: Repo = Path("models"),
 ) -> None:
     """Train a CLIP, SimCLR or MAE encoder; evaluate it against its random init."""
-    from training.loop import TrainConfig, Trainer, TrainError
+    from lens_training.loop import TrainConfig, Trainer, TrainError
 
     if method not in DEFAULT_ARCH:
         fail(f"unknown method {method!r}: use clip, simclr or mae", 2)
     if if_missing and export:
-        from server.repository import Repository
+        from lens_server.repository import Repository
 
         repository = Repository(repo)
         if export in repository.models():
@@ -141,11 +141,11 @@ def export_command(
 
 
 def _export(run: Path, name: str, repo: Path) -> None:
-    from server.errors import LensError
-    from server.repository import Repository
-    from training.export import ParityError
-    from training.export.trained import export_run
-    from training.loop import TrainError
+    from lens_server.errors import LensError
+    from lens_server.repository import Repository
+    from lens_training.export import ParityError
+    from lens_training.export.trained import export_run
+    from lens_training.loop import TrainError
 
     repository = Repository(repo)
     try:

@@ -67,9 +67,9 @@ def test_import_of_an_unknown_architecture_fails_in_one_line(tmp_path):
 
 
 def test_failed_parity_writes_nothing(tmp_path, monkeypatch, tiny_openclip):
-    from server.repository import Repository
-    from training.export import ParityError, parity
-    from training.export.openclip import import_openclip
+    from lens_server.repository import Repository
+    from lens_training.export import ParityError, parity
+    from lens_training.export.openclip import import_openclip
 
     monkeypatch.setattr(parity, "FP32_THRESHOLD", 1.0000001)  # no export can reach it
     repo = Repository(tmp_path)

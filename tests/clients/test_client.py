@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pytest
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from lens_client import AsyncLensClient, LensClient, LensClientError, codec, parse_model
 from PIL import Image
 
+from lens_client import AsyncLensClient, LensClient, LensClientError, codec, parse_model
 from tests.conftest import photo
 
 

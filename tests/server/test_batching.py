@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from server.batching import Batcher, Partial
-from server.config import BatchConfig
-from server.errors import DeadlineExceeded, InvalidInput, ModelError, Overloaded, Unavailable
+from lens_server.batching import Batcher, Partial
+from lens_server.config import BatchConfig
+from lens_server.errors import DeadlineExceeded, InvalidInput, ModelError, Overloaded, Unavailable
 
 
 class FakeTower:

@@ -17,7 +17,7 @@ from lens.v1 import (
 )
 from PIL import Image
 
-from server.templates import OPENAI_IMAGENET
+from lens_server.templates import OPENAI_IMAGENET
 from tests.conftest import ServerProcess, encode, photo
 
 LABELS = ["cat", "astronaut", "cup of coffee", "rocket", "coins"]

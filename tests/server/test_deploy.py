@@ -28,8 +28,8 @@ from lens.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
-from lens_client import LensClient
 
+from lens_client import LensClient
 from tests.clients.test_cli import lens
 from tests.conftest import TINY_ARCH, ServerProcess, encode, photo
 
@@ -59,8 +59,8 @@ def repo(tiny_repo: Path, tmp_path: Path) -> Path:
 
 
 def add_version(repo: Path, checkpoint: Path) -> int:
-    from server.repository import Repository
-    from training.export.openclip import import_openclip
+    from lens_server.repository import Repository
+    from lens_training.export.openclip import import_openclip
 
     version, _ = import_openclip(
         Repository(repo), str(TINY_ARCH), "tiny", pretrained=str(checkpoint)
@@ -380,8 +380,7 @@ def test_two_deploys_at_once_do_not_interleave(served, repo, second_checkpoint):
 
 def test_deployed_state_and_sizes():
     from lens_client.cli_common import parse_bytes
-
-    from server.repository import Deployed
+    from lens_server.repository import Deployed
 
     state = Deployed().deploy(1).deploy(2).deploy(3)
     assert (state.serving, state.previous) == (3, 2)

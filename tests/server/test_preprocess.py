@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.config import Limits
-from server.errors import InvalidInput
-from server.preprocess import ImagePreprocessor, TextTokenizer
-from server.repository.manifest import ImageSpec, TextSpec
+from lens_server.config import Limits
+from lens_server.errors import InvalidInput
+from lens_server.preprocess import ImagePreprocessor, TextTokenizer
+from lens_server.repository.manifest import ImageSpec, TextSpec
 from tests.conftest import encode, photo
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)

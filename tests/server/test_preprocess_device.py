@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from server.config import Limits
-from server.errors import InvalidInput
-from server.preprocess import ImagePreprocessor
-from server.preprocess.device import DevicePreprocessor, device_decodable, jpeg_frame
-from server.repository.manifest import ImageSpec
+from lens_server.config import Limits
+from lens_server.errors import InvalidInput
+from lens_server.preprocess import ImagePreprocessor
+from lens_server.preprocess.device import DevicePreprocessor, device_decodable, jpeg_frame
+from lens_server.repository.manifest import ImageSpec
 from tests.conftest import encode, photo
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from server.errors import FailedPrecondition, InvalidInput, NotFound
-from server.repository import ImageSpec, Manifest, Repository
-from server.repository.manifest import load, verify_files
+from lens_server.errors import FailedPrecondition, InvalidInput, NotFound
+from lens_server.repository import ImageSpec, Manifest, Repository
+from lens_server.repository.manifest import load, verify_files
 
 
 def manifest(name: str = "m") -> Manifest:

@@ -14,12 +14,12 @@ import pytest
 import torch
 from lens.v1 import common_pb2, inference_pb2, models_pb2, models_pb2_grpc
 
-from server.config import RuntimeConfig
-from server.errors import FailedPrecondition
-from server.repository import Repository
-from server.runtime.choose import PROGRAM_PARITY, Choice, _measure, open_tower
-from server.runtime.onnx import OnnxTower
-from server.runtime.program import ProgramTower
+from lens_server.config import RuntimeConfig
+from lens_server.errors import FailedPrecondition
+from lens_server.repository import Repository
+from lens_server.runtime.choose import PROGRAM_PARITY, Choice, _measure, open_tower
+from lens_server.runtime.onnx import OnnxTower
+from lens_server.runtime.program import ProgramTower
 from tests.conftest import TINY_ARCH, ServerProcess, encode, photo
 from tests.server.test_grpc import TEXTS, embed, images_in_formats, matrix
 
@@ -103,7 +103,7 @@ def test_a_program_that_misses_parity_is_not_used(tiny_repo, tmp_path):
     """The program of another model (different weights) behind this model's ONNX graph."""
     import open_clip
 
-    from training.export.openclip import import_openclip
+    from lens_training.export.openclip import import_openclip
 
     torch.manual_seed(1)
     other = open_clip.create_model(TINY_ARCH.stem)
@@ -172,7 +172,7 @@ def test_default_server_reports_onnx(channel):
 
 def test_version_without_programs_still_serves(tiny_repo, tmp_path):
     """Versions exported before programs existed (no `program` in the manifest) load as before."""
-    from server.repository.manifest import sha256
+    from lens_server.repository.manifest import sha256
 
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo / "tiny", repo / "tiny")
@@ -262,10 +262,10 @@ def test_the_cpu_serving_path_does_not_import_torch(tiny_repo):
 import sys
 from pathlib import Path
 import numpy as np
-from server.config import ServerConfig
-from server.model import open_towers
-from server.repository import Repository
-from server.collections.faiss_index import IndexConfig, VectorIndex
+from lens_server.config import ServerConfig
+from lens_server.model import open_towers
+from lens_server.repository import Repository
+from lens_server.collections.faiss_index import IndexConfig, VectorIndex
 repo = Repository(Path({str(tiny_repo)!r}))
 towers = open_towers(repo.manifest("tiny", 1), repo.path("tiny", 1), ServerConfig())
 index = VectorIndex.build("flat", 32, "cosine", IndexConfig(), np.empty((0, 32), np.float32))
@@ -284,10 +284,10 @@ print("torch" in sys.modules)
 def test_where_images_are_decoded(tiny_repo):
     """`image_decode`: auto stays on the CPU without a GPU, device takes the tower's device,
     cpu never; a spec the device cannot resize is refused when the device is insisted on."""
-    from server.config import Limits
-    from server.pipeline import DeviceImages, image_pipeline
-    from server.preprocess import ImagePreprocessor
-    from server.repository.manifest import ImageSpec
+    from lens_server.config import Limits
+    from lens_server.pipeline import DeviceImages, image_pipeline
+    from lens_server.preprocess import ImagePreprocessor
+    from lens_server.repository.manifest import ImageSpec
 
     manifest, folder = _version(tiny_repo)
     tower = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])

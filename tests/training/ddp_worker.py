@@ -13,8 +13,8 @@ import sys
 import torch
 from torch import nn
 
-from training import distributed
-from training.losses import clip_loss, nt_xent
+from lens_training import distributed
+from lens_training.losses import clip_loss, nt_xent
 
 
 def main(out: str) -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from server.repository.manifest import ImageSpec
+from lens_server.repository.manifest import ImageSpec
+from lens_training.data import DataError, caption_labels, load
 from tests.conftest import encode, photo
-from training.data import DataError, caption_labels, load
 
 SPEC = ImageSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

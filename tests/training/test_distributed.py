@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lens_training.losses import clip_loss, nt_xent
 from tests.conftest import ROOT
-from training.losses import clip_loss, nt_xent
 
 
 def free_port() -> int:

@@ -108,8 +108,8 @@ def test_pixels_match_transformers_image_processor(hf_folder):
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    from server.preprocess import ImagePreprocessor
-    from training.export.hf import image_spec
+    from lens_server.preprocess import ImagePreprocessor
+    from lens_training.export.hf import image_spec
 
     processor = CLIPImageProcessor.from_pretrained(hf_folder)
     ours = ImagePreprocessor(image_spec(hf_folder))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import (
+from lens_training.losses import (
     ClipLoss,
     MaskedPixelLoss,
     NTXentLoss,
@@ -16,8 +16,8 @@ from training.losses import (
     masked_pixel_loss,
     nt_xent,
 )
-from training.masking import random_masking
-from training.whitening import Whitening
+from lens_training.masking import random_masking
+from lens_training.whitening import Whitening
 
 
 def nt_xent_reference(z_a: torch.Tensor, z_b: torch.Tensor, t: float) -> torch.Tensor:
@@ -141,8 +141,8 @@ def test_whitening_shrinks_small_eigenvalues():
 
 
 def test_mae_checkpoints_from_before_the_whitening_load_unwhitened():
-    from training.encoders import load_arch
-    from training.methods import build
+    from lens_training.encoders import load_arch
+    from lens_training.methods import build
 
     method = build("mae", load_arch("lens-tiny-vit")[1])
     old = {k: v for k, v in method.state_dict().items() if not k.startswith("whiten.")}

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
+from lens_training.evaluate import view_retrieval_top1
+from lens_training.loop import TrainConfig, Trainer
+from lens_training.quick import PLANS
 from tests.conftest import LENS, ROOT
-from training.evaluate import view_retrieval_top1
-from training.loop import TrainConfig, Trainer
-from training.quick import PLANS
 
 pytestmark = pytest.mark.slow
 

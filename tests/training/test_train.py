@@ -13,10 +13,10 @@ import pytest
 import torch
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
-from server.repository import Repository
+from lens_server.repository import Repository
+from lens_training.export.trained import export_run, load_run
+from lens_training.loop import TrainConfig, Trainer, TrainError
 from tests.conftest import LENS, ServerProcess, encode, photo
-from training.export.trained import export_run, load_run
-from training.loop import TrainConfig, Trainer, TrainError
 
 ARCH = {"clip": "lens-tiny-clip", "simclr": "lens-tiny-vit", "mae": "lens-tiny-vit"}
 
@@ -90,7 +90,7 @@ def test_export_serves_and_matches_pytorch(tmp_path, tiny_repo, method):
         proc.stop()
     got = np.frombuffer(response.embeddings.data, "<f4").reshape(len(inputs), -1)
 
-    from server.preprocess import ImagePreprocessor
+    from lens_server.preprocess import ImagePreprocessor
 
     pixels = torch.from_numpy(ImagePreprocessor(manifest.image)(image)[None])
     with torch.no_grad():
@@ -236,7 +236,7 @@ def test_each_method_defaults_to_its_papers_optimizer(tmp_path):
 
 def test_cifar_stem_keeps_32_pixel_images_whole():
     """`resnet18-32` (SimCLR's CIFAR ResNet-18): a 3×3 stride-1 stem and no max-pool."""
-    from training.encoders import load_arch, vision_tower
+    from lens_training.encoders import load_arch, vision_tower
 
     _, arch = load_arch("resnet18-32")
     trunk = vision_tower(arch).trunk

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from server.collections import Collection, CollectionSpec, IndexConfig, NewItem
-from server.errors import InvalidInput
+from lens_server.collections import Collection, CollectionSpec, IndexConfig, NewItem
+from lens_server.errors import InvalidInput
 
 
 def clustered(n: int, dim: int, seed: int = 0, centres: int = 20) -> np.ndarray:

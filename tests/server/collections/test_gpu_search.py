@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from server.collections.faiss_index import IndexConfig, VectorIndex
-from server.collections.gpu_search import DeviceFlat, FaissGpuFlat, search_device
-from server.errors import FailedPrecondition, InvalidInput
+from lens_server.collections.faiss_index import IndexConfig, VectorIndex
+from lens_server.collections.gpu_search import DeviceFlat, FaissGpuFlat, search_device
+from lens_server.errors import FailedPrecondition, InvalidInput
 
 METRICS = ("cosine", "inner_product", "l2")
 FLT_MAX = np.finfo(np.float32).max

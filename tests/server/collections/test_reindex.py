@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.collections import Collection, CollectionSpec, IndexConfig, NewItem, ReindexState
-from server.collections.collection import SPEC, VersionChanged
-from server.errors import FailedPrecondition, InvalidInput
+from lens_server.collections import Collection, CollectionSpec, IndexConfig, NewItem, ReindexState
+from lens_server.collections.collection import SPEC, VersionChanged
+from lens_server.errors import FailedPrecondition, InvalidInput
 
 DIMS = {1: 16, 2: 24, 3: 24}
 

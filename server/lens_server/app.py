@@ -1,0 +1,162 @@
+"""Wires configuration → repository → registry (runtimes, batchers) → gRPC servicers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from lens.v1 import (
+    classifiers_pb2,
+    classifiers_pb2_grpc,
+    index_pb2,
+    index_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+
+from lens_server.classifiers import ClassifierStore
+from lens_server.collections import Collections
+from lens_server.config import ServerConfig
+from lens_server.deploy import Deployments
+from lens_server.registry import Registry
+from lens_server.repository import Repository
+from lens_server.services.classify import Classification, ClassifiersServicer
+from lens_server.services.index import IndexServicer
+from lens_server.services.inference import InferenceServicer
+from lens_server.services.models import ModelsServicer
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    index_pb2.DESCRIPTOR.services_by_name["Index"].full_name,
+    classifiers_pb2.DESCRIPTOR.services_by_name["Classifiers"].full_name,
+)
+
+
+class LensServer:
+    """The gRPC server and everything it serves; `start`, then `wait` or `stop`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.port = 0
+        self._decode_pool = ThreadPoolExecutor(
+            config.runtime.decode_workers, thread_name_prefix="decode"
+        )
+        self.registry = Registry(Repository(config.repo), config, self._decode_pool)
+        self.collections = Collections(config.collections)
+        self.classifiers = ClassifierStore(config.repo)
+        self.deployments = Deployments(self.registry, self.collections, self.classifiers)
+        self._watcher: asyncio.Task[None] | None = None
+        self._health = HealthServicer()
+        size = config.limits.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+            ]
+        )
+
+    async def start(self) -> int:
+        """Opens the collections, loads the models they and requests need, resumes unfinished
+        re-indexes, then listens; returns the port (useful with port 0)."""
+        await asyncio.to_thread(self.collections.open_all)
+        await self.registry.start(self.deployments.pinned())
+        self.deployments.resume()
+        if self.config.poll_s:
+            self._watcher = asyncio.get_running_loop().create_task(self.registry.watch())
+        server = self._server
+        classification = Classification(self.registry, self.classifiers, self.config)
+        inference_pb2_grpc.add_InferenceServicer_to_server(
+            InferenceServicer(self.registry, self.config, classification), server
+        )
+        classifiers_pb2_grpc.add_ClassifiersServicer_to_server(
+            ClassifiersServicer(classification), server
+        )
+        models_pb2_grpc.add_ModelsServicer_to_server(
+            ModelsServicer(self.registry, self.deployments), server
+        )
+        index_pb2_grpc.add_IndexServicer_to_server(
+            IndexServicer(self.collections, self.registry, self.deployments, self.config), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"could not listen on {self.config.host}:{self.config.port}")
+        await server.start()
+        for service in ("", *SERVICES):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        """Stops taking calls, lets those in flight finish (up to `grace_s`), unloads."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_s)
+        if self._watcher:
+            self._watcher.cancel()
+        await self.deployments.close()  # re-indexes resume at the next start
+        await asyncio.to_thread(self.collections.close)  # snapshots every collection
+        await self.registry.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
+    server = LensServer(config)
+    port = await server.start()
+    models = server.registry.repo.models()
+    if server.registry.default_model:
+        print(f"default model: {describe_default(server.registry)}", flush=True)
+    print(
+        f"lens serving {len(models)} model(s) and {len(server.collections.names())} "
+        f"collection(s) on {config.host}:{port} "
+        f"(default model: {server.registry.default_model or 'none'})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(server.wait())
+    await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    log.info("shutting down")
+    await server.stop()
+    waiter.cancel()
+
+
+def describe_default(registry: Registry) -> str:
+    """What the default model is, so a user knows whether its weights mean anything."""
+    name = registry.default_model or ""
+    version = registry.serving_version(name)
+    if not version:
+        return f"{name} (not serving)"
+    manifest = registry.repo.manifest(name, version)
+    source = manifest.source
+    if source.get("type") == "openclip":
+        weights = source.get("pretrained") or "RANDOM weights (no --pretrained)"
+        return f"{name}:{version}, open_clip {source.get('arch')}, {weights}"
+    if source.get("type") == "train":
+        data = manifest.extra.get("dataset", {}).get("source")
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in manifest.extra.get("metrics", {}).items())
+        return f"{name}:{version}, {manifest.kind} trained on {data} ({metrics})"
+    return f"{name}:{version}, {source.get('type')} {source.get('arch')}"

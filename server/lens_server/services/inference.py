@@ -1,0 +1,128 @@
+"""The `lens.v1.Inference` service: Embed and EmbedStream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
+
+import grpc
+import numpy as np
+from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+from lens_server.config import ServerConfig
+from lens_server.errors import InvalidInput
+from lens_server.model import Input, LoadedVersion
+from lens_server.registry import Registry
+from lens_server.services.classify import Classification
+from lens_server.services.status import deadline_of, streaming, unary
+
+
+def to_matrix(x: np.ndarray) -> common_pb2.Matrix:
+    """(rows, cols) float32 → `lens.v1.Matrix` (little-endian, row-major)."""
+    rows, cols = x.shape
+    return common_pb2.Matrix(rows=rows, cols=cols, data=x.astype("<f4", copy=False).tobytes())
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(
+        self, registry: Registry, config: ServerConfig, classification: Classification
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.classification = classification
+
+    @unary
+    async def Classify(
+        self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ClassifyResponse:
+        return await self.classification.classify(request, context)
+
+    @unary
+    async def Embed(
+        self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.EmbedResponse:
+        return await self._embed(request, context)
+
+    @streaming
+    async def EmbedStream(
+        self,
+        requests: AsyncIterator[inference_pb2.EmbedRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[inference_pb2.EmbedResponse]:
+        # Up to `stream_window` requests run at once; responses leave in request order. The
+        # whole stream is served by the versions its first requests resolved to (held until
+        # it ends), so a deploy in the middle of a job does not split it across versions.
+        window = asyncio.Semaphore(self.config.stream_window)
+        pending: asyncio.Queue[asyncio.Task[inference_pb2.EmbedResponse] | None] = asyncio.Queue()
+        held = ExitStack()
+        pinned: dict[tuple[str, int], LoadedVersion] = {}
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    ref = (request.model.name, request.model.version)
+                    if ref not in pinned:
+                        pinned[ref] = held.enter_context(self.registry.lease(*ref))
+                    task = asyncio.create_task(self._embed(request, context, pinned[ref]))
+                    await pending.put(task)
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                response = await task
+                window.release()
+                yield response
+            await reader  # re-raises what ended the request stream
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (task := pending.get_nowait()) is not None:
+                    task.cancel()
+            held.close()
+
+    async def _embed(
+        self,
+        request: inference_pb2.EmbedRequest,
+        context: grpc.aio.ServicerContext,
+        pinned: LoadedVersion | None = None,
+    ) -> inference_pb2.EmbedResponse:
+        inputs = self._inputs(request)
+        if pinned is None:
+            with self.registry.lease(request.model.name, request.model.version) as model:
+                vectors = await model.embed(inputs, deadline_of(context))
+        else:
+            model = pinned
+            vectors = await model.embed(inputs, deadline_of(context))
+        return inference_pb2.EmbedResponse(
+            model=model.name, version=model.version, embeddings=to_matrix(vectors)
+        )
+
+    def _inputs(self, request: inference_pb2.EmbedRequest) -> list[Input]:
+        limits = self.config.limits
+        count = len(request.inputs)
+        if count == 0:
+            raise InvalidInput("inputs is empty: send at least one image or text")
+        if count > limits.max_inputs_per_request:
+            raise InvalidInput(
+                f"{count} inputs is over the limit of {limits.max_inputs_per_request} per "
+                "request: split the batch (EmbedStream takes any number of requests)"
+            )
+        inputs: list[Input] = []
+        for index, item in enumerate(request.inputs):
+            kind = item.WhichOneof("kind")
+            if kind == "image":
+                inputs.append(item.image)
+            elif kind == "text":
+                if len(item.text) > limits.max_text_chars:
+                    raise InvalidInput(
+                        f"input {index}: text is {len(item.text)} characters, over the limit "
+                        f"of {limits.max_text_chars}"
+                    )
+                inputs.append(item.text)
+            else:
+                raise InvalidInput(f"input {index}: has neither image nor text")
+        return inputs

@@ -1,6 +1,0 @@
-"""The model repository: `<repo>/<model>/<version>/` folders, each described by a manifest."""
-
-from server.repository.manifest import ImageSpec, Manifest, TextSpec
-from server.repository.store import Deployed, Repository
-
-__all__ = ["Deployed", "ImageSpec", "Manifest", "Repository", "TextSpec"]

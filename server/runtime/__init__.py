@@ -1,6 +1,0 @@
-"""Runtimes run one tower of a model version on a batch: (N, ...) in, (N, dim) out."""
-
-from server.runtime.base import Tower
-from server.runtime.onnx import OnnxTower, available_providers
-
-__all__ = ["OnnxTower", "Tower", "available_providers"]

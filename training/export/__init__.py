@@ -1,5 +1,0 @@
-"""Export encoders to ONNX model versions, checked for parity, into the model repository."""
-
-from training.export.parity import ParityError
-
-__all__ = ["ParityError"]

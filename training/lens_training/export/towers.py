@@ -1,0 +1,189 @@
+"""Writing a staged version's towers and checking them against their source, one way for all
+exporters: lens's own preprocessing and ONNX Runtime on one side, the source model on the other.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lens_server.config import RuntimeConfig
+from lens_server.preprocess import ImagePreprocessor, TextTokenizer
+from lens_server.repository import Manifest, Repository
+from lens_server.repository.manifest import ImageSpec, TextSpec
+from lens_server.runtime import OnnxTower, Tower
+from lens_server.runtime.program import ProgramTower
+from lens_training.export import onnx, parity, program
+
+log = logging.getLogger(__name__)
+
+CPU = RuntimeConfig(providers=("CPUExecutionProvider",))
+
+
+class Encode(torch.nn.Module):
+    """`fn(module, x)` as a module, so one tower of a two-tower model exports alone."""
+
+    def __init__(self, model: torch.nn.Module, fn: Callable[[Any, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, x)
+
+
+def export_image(
+    staged: Path,
+    spec: ImageSpec,
+    module: torch.nn.Module,
+    dim: int,
+    reference: Callable[[Sequence[bytes]], np.ndarray],
+) -> tuple[ImageSpec, dict[str, Any]]:
+    """Exports the image tower into `staged`: the ONNX graph, then the fp16 program. Returns
+    the spec (naming the program if it passed parity) and the parity figures (or ParityError
+    for the ONNX graph)."""
+    preprocess = ImagePreprocessor(spec)
+
+    def embed(tower: Tower) -> Callable[[Sequence[bytes]], np.ndarray]:
+        return lambda images: tower(np.stack([preprocess(b) for b in images]))
+
+    example = torch.zeros(2, 3, spec.size, spec.size)
+    tower = _Tower("image", spec, module, example, dim, parity.sample_images(), reference, embed)
+    return tower.export(staged)
+
+
+def export_text(
+    staged: Path,
+    spec: TextSpec,
+    module: torch.nn.Module,
+    dim: int,
+    reference: Callable[[Sequence[str]], np.ndarray],
+) -> tuple[TextSpec, dict[str, Any]]:
+    """Exports the text tower (its tokenizer must already be in `staged`), as `export_image`."""
+    tokenize = TextTokenizer(spec, staged / spec.tokenizer)
+
+    def embed(tower: Tower) -> Callable[[Sequence[str]], np.ndarray]:
+        return lambda texts: tower(tokenize(list(texts)))
+
+    example = torch.full((2, spec.context_length), spec.pad_id, dtype=torch.long)
+    example[:, 0], example[:, 1] = spec.sot_id, spec.eot_id
+    samples = list(parity.SAMPLE_TEXTS)
+    return _Tower("text", spec, module, example, dim, samples, reference, embed).export(staged)
+
+
+Spec = TypeVar("Spec", ImageSpec, TextSpec)
+
+
+@dataclass(frozen=True)
+class _Tower(Generic[Spec]):
+    """One tower to write: `embed(tower)` turns an opened tower into a function of raw
+    samples, so the graph and the program are checked on the same inputs as the source."""
+
+    modality: str
+    spec: Spec
+    module: torch.nn.Module
+    example: torch.Tensor
+    dim: int
+    samples: list[Any]
+    reference: Callable[[Sequence[Any]], np.ndarray]
+    embed: Callable[[Tower], Callable[[Sequence[Any]], np.ndarray]]
+
+    def export(self, staged: Path) -> tuple[Spec, dict[str, Any]]:
+        name, spec = self.modality, self.spec
+        onnx.export(self.module, self.example, staged / spec.file)
+        graph = self.embed(OnnxTower(staged / spec.file, CPU, self.dim))
+        figures = {name: parity.check(name, self.samples, self.reference, graph)}
+        program = _export_program(staged, name, self.module, self.example, self.dim)
+        if program is not None:
+            file, tower = program
+            if checked := _check_program(name, self.samples, self.reference, self.embed(tower)):
+                figures[f"{name}.program"] = checked
+                spec = replace(spec, program=file)
+            else:
+                (staged / file).unlink()
+        return spec, figures
+
+
+def _export_program(
+    staged: Path, modality: str, module: torch.nn.Module, example: torch.Tensor, dim: int
+) -> tuple[str, Tower] | None:
+    """The tower as an fp16 program, opened on the CPU; None (logged) where torch.export
+    cannot trace it: the version is then served from ONNX alone."""
+    file = f"{modality}.pt2"
+    try:
+        program.export_fp16(module, example, staged / file)
+        return file, ProgramTower(staged / file, dim, "cpu", max_batch=1)
+    except Exception as e:  # torch.export raises many types on untraceable code
+        log.warning("%s tower: no fp16 program (%s: %s)", modality, type(e).__name__, e)
+        (staged / file).unlink(missing_ok=True)
+        return None
+
+
+def _check_program(
+    tower: str,
+    samples: Sequence[Any],
+    reference: Callable[[Sequence[Any]], np.ndarray],
+    candidate: Callable[[Sequence[Any]], np.ndarray],
+) -> dict[str, Any] | None:
+    """Parity figures of a program at the fp16 threshold; None (logged) when it misses it."""
+    try:
+        return parity.check(tower, samples, reference, candidate, parity.FP16_THRESHOLD)
+    except parity.ParityError as e:
+        log.warning("fp16 program left out: %s", e)
+        return None
+
+
+def pixels(preprocess: Callable[[Any], torch.Tensor], images: Sequence[bytes]) -> torch.Tensor:
+    """Encoded images through a source framework's own preprocessing, stacked."""
+    return torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in images])
+
+
+@dataclass(frozen=True)
+class TowerSource:
+    """One tower to export: the module (a batch in, (N, dim) out) and the source framework's
+    own pipeline on raw inputs (encoded images or texts), the reference for parity."""
+
+    module: torch.nn.Module
+    reference: Callable[[Sequence[Any]], np.ndarray]
+
+
+def export_version(
+    repo: Repository,
+    manifest: Manifest,
+    image: TowerSource | None = None,
+    text: TowerSource | None = None,
+    write_files: Callable[[Path], None] | None = None,
+) -> tuple[int, Path]:
+    """Exports the towers `manifest` declares into a staged version, checks each against its
+    source, records the parity figures, and commits the next version of `manifest.name`.
+
+    `write_files(staged)` adds what the towers need first (the tokenizer). A ParityError (or
+    any other) leaves nothing in the repository.
+    """
+    with repo.stage(manifest.name) as staged:
+        if write_files:
+            write_files(staged)
+        parity: dict[str, Any] = {}
+        if manifest.image:
+            assert image is not None, "the manifest declares an image tower"
+            image_spec, figures = export_image(
+                staged, manifest.image, image.module, manifest.dim, image.reference
+            )
+            manifest = replace(manifest, image=image_spec)
+            parity.update(figures)
+        if manifest.text:
+            assert text is not None, "the manifest declares a text tower"
+            text_spec, figures = export_text(
+                staged, manifest.text, text.module, manifest.dim, text.reference
+            )
+            manifest = replace(manifest, text=text_spec)
+            parity.update(figures)
+        return repo.commit(staged, replace(manifest, parity=parity, opset=onnx.OPSET))

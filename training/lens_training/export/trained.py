@@ -1,0 +1,107 @@
+"""`lens export RUN_DIR`: a trained run → a servable version in the repository.
+
+SimCLR exports its encoder without the projection head; MAE its encoder on all patches (no
+masking), decoder dropped, mean-pooled and whitened as it was evaluated; CLIP both towers and the
+tokenizer. Parity against the PyTorch model is checked and recorded; the evaluation metrics,
+the training configuration and the dataset go into the manifest, and the weights
+(`checkpoint.pt`, without optimiser state) beside it so the version can be fine-tuned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lens_server.preprocess import ImagePreprocessor
+from lens_server.repository import Manifest, Repository, TextSpec
+from lens_training.export import tokenizer as tokenizers
+from lens_training.export.towers import Encode, TowerSource, export_version
+from lens_training.loop import CHECKPOINT, TrainError, image_spec
+from lens_training.methods import ClipMethod, Method, build
+
+
+def load_run(run: Path) -> tuple[dict[str, Any], Method]:
+    """The run's checkpoint and its method with the trained weights, in eval mode."""
+    path = run / CHECKPOINT if run.is_dir() else run
+    if not path.is_file():
+        raise TrainError(f"{run}: no {CHECKPOINT} (train first, or point at a run folder)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    method = build(saved["method"], saved["arch"])
+    method.load_state_dict(saved["model"])
+    return saved, method.eval()
+
+
+def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
+    """What `--init` needs: method, architecture and weights (no optimiser or RNG state)."""
+    keys = ("format", "method", "arch_name", "arch", "config", "step", "model")
+    return {k: saved[k] for k in keys if k in saved}
+
+
+def export_run(repo: Repository, run: Path, name: str) -> tuple[int, Path]:
+    saved, method = load_run(run)
+    spec = image_spec(saved["arch"])
+    preprocess = ImagePreprocessor(spec)
+    encoder = method.image_encoder()
+    with torch.no_grad():
+        dim = int(encoder(torch.zeros(1, 3, spec.size, spec.size)).shape[-1])
+
+    @torch.no_grad()
+    def reference_images(images: Sequence[bytes]) -> np.ndarray:
+        return encoder(torch.from_numpy(np.stack([preprocess(b) for b in images]))).numpy()
+
+    text, text_source, logit_scale = None, None, None
+    if isinstance(method, ClipMethod):
+        import open_clip
+
+        tokenizer = open_clip.SimpleTokenizer(context_length=method.model.context_length)
+        text = TextSpec(
+            context_length=method.model.context_length,
+            sot_id=tokenizer.sot_token_id,
+            eot_id=tokenizer.eot_token_id,
+        )
+        logit_scale = float(method.model.logit_scale.exp().item())
+
+        @torch.no_grad()
+        def reference_texts(texts: Sequence[str]) -> np.ndarray:
+            return method.encode_text(tokenizer(list(texts))).numpy()
+
+        text_source = TowerSource(
+            Encode(method.model, lambda m, x: m.encode_text(x)), reference_texts
+        )
+
+    result = saved.get("result", {})
+    config = saved.get("config", {})
+    manifest = Manifest(
+        name=name,
+        version=0,
+        kind=saved["method"],
+        dim=dim,
+        image=spec,
+        text=text,
+        logit_scale=logit_scale,
+        source={"type": "train", "arch": saved["arch_name"], "run": str(run.resolve())},
+        extra={
+            "training": config,
+            "steps": saved.get("step"),
+            "metrics": result.get("eval", {}),
+            "baseline": result.get("baseline", saved.get("baseline", {})),
+            "dataset": {"source": config.get("data"), "holdout": config.get("holdout")},
+        },
+    )
+
+    def write_files(staged: Path) -> None:
+        torch.save(weights_only(saved), staged / CHECKPOINT)
+        if text is not None:
+            tokenizers.from_openclip(tokenizer, staged / text.tokenizer)
+
+    return export_version(
+        repo,
+        manifest,
+        image=TowerSource(encoder, reference_images),
+        text=text_source,
+        write_files=write_files,
+    )

@@ -1,0 +1,185 @@
+"""The three training methods. Each owns its encoder(s) and training-only parts, turns a batch
+into its loss (`loss`), and exposes what is exported and evaluated (`image_encoder`,
+`encode`), kept apart from the objective so that export never carries training code."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lens_training.augment import AugmentConfig, SimCLRAugment
+from lens_training.distributed import gather_with_grad
+from lens_training.encoders import clip_model, image_size, vision_tower
+from lens_training.heads import MAEDecoder, ProjectionHead, encode_visible, patchify
+from lens_training.losses import clip_loss, masked_pixel_loss, nt_xent
+from lens_training.whitening import Whitening
+
+METHODS = ("clip", "simclr", "mae")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Method(nn.Module):
+    """Pixels arrive as uint8 (N, 3, S, S); `normalize` makes the tower input."""
+
+    kind: str
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.arch = config
+        self.size = image_size(config)
+        self.register_buffer("mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float (N, 3, S, S) → the tower's input."""
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float() / 255
+        return (pixels - self.mean) / self.std
+
+    def image_encoder(self) -> nn.Module:
+        """The module exported as `image.onnx`: normalised pixels → (N, dim)."""
+        raise NotImplementedError
+
+    def calibrate(self, pixels: torch.Tensor) -> None:
+        """Fits what the embedding learns from data rather than by gradient (MAE's whitening)
+        on uint8 training images (N, 3, S, S). Nothing for CLIP and SimCLR."""
+
+    @torch.no_grad()
+    def encode(
+        self, pixels: torch.Tensor, module: nn.Module | None = None, batch: int = 512
+    ) -> torch.Tensor:
+        """uint8 (or [0, 1] float) pixels (N, 3, S, S) → the outputs of `module` (default: the
+        exported image tower, so its embeddings) in eval mode, in batches, float32 on the CPU."""
+        module = module or self.image_encoder()
+        was_training = self.training
+        self.eval()
+        device = self.mean.device
+        out = torch.cat(
+            [
+                module(self.normalize(pixels[i : i + batch].to(device))).float().cpu()
+                for i in range(0, len(pixels), batch)
+            ]
+        )
+        self.train(was_training)
+        return out
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss; only so that DistributedDataParallel's hooks run around it."""
+        return self.loss(batch)
+
+
+class ClipMethod(Method):
+    """CLIP: image and text towers, symmetric InfoNCE (Radford et al., 2021)."""
+
+    kind = "clip"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.model: Any = clip_model(config)
+
+    def image_encoder(self) -> nn.Module:
+        return self.model.visual
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = self.model.encode_image(self.normalize(batch["pixels"]))
+        text = self.model.encode_text(batch["tokens"])
+        with torch.no_grad():  # CLIP clips the temperature at 100
+            self.model.logit_scale.clamp_(0, math.log(100))
+        return clip_loss(gather_with_grad(image), gather_with_grad(text), self.model.logit_scale)
+
+
+class SimCLRMethod(Method):
+    """SimCLR: two augmented views, projection head, NT-Xent (Chen et al., 2020)."""
+
+    kind = "simclr"
+
+    def __init__(
+        self, config: dict[str, Any], temperature: float = 0.5, augment: AugmentConfig | None = None
+    ) -> None:
+        super().__init__(config)
+        self.encoder: Any = vision_tower(config)
+        self.head = ProjectionHead(config["embed_dim"])
+        self.temperature = temperature
+        self.augment = SimCLRAugment(augment or AugmentConfig(self.size))
+
+    def image_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pixels = batch["pixels"].cpu()  # augmentation runs on the CPU generator
+        views = [self.normalize(self.augment(pixels).to(self.mean.device)) for _ in range(2)]
+        z_a, z_b = (self.head(self.encoder(v)) for v in views)
+        return nt_xent(gather_with_grad(z_a), gather_with_grad(z_b), self.temperature)
+
+
+class MAEMethod(Method):
+    """MAE: the ViT encoder sees 25% of the patches, a small decoder rebuilds the pixels of
+    the rest (He et al., 2021). Embeddings: the mean of the patch tokens over all patches,
+    whitened with statistics of the training images (`training/whitening.py`)."""
+
+    kind = "mae"
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        mask_ratio: float = 0.75,
+        decoder: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(config)
+        if isinstance(config["vision_cfg"].get("layers"), (list, tuple)):
+            raise ValueError("MAE needs a ViT image tower, not a ResNet")
+        self.encoder: Any = vision_tower(config, pool_type="avg")
+        self.encoder.proj = None  # the projection is not trained by MAE: embeddings are tokens
+        self.mask_ratio = mask_ratio
+        grid: tuple[int, int] = self.encoder.grid_size
+        self.patch: int = self.encoder.patch_size[0]
+        self.decoder = MAEDecoder(
+            self.encoder.transformer.width,
+            grid[0] * grid[1],
+            self.patch * self.patch * 3,
+            **(decoder or config.get("mae_decoder", {})),
+        )
+        self.whiten = Whitening(self.encoder.transformer.width)
+
+    def image_encoder(self) -> nn.Module:
+        return nn.Sequential(self.encoder, self.whiten)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # runs before the children load: checkpoints from before the whitening load unwhitened
+        unwhitened = Whitening(len(self.whiten.mean)).to(self.whiten.mean.device)
+        for name, buffer in unwhitened.named_buffers():
+            state_dict.setdefault(f"{prefix}whiten.{name}", buffer)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def calibrate(self, pixels: torch.Tensor) -> None:
+        self.whiten.fit(self.encode(pixels, self.encoder))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pixels = self.normalize(batch["pixels"])
+        tokens, mask, ids_restore = encode_visible(self.encoder, pixels, self.mask_ratio)
+        prediction = self.decoder(tokens, ids_restore)  # (N, L, patch² · 3)
+        return masked_pixel_loss(prediction, patchify(pixels, self.patch), mask)
+
+
+def build(kind: str, config: dict[str, Any], **options: Any) -> Method:
+    if kind == "clip":
+        if "text_cfg" not in config:
+            raise ValueError("CLIP needs an architecture with a text tower (text_cfg)")
+        return ClipMethod(config)
+    if kind == "simclr":
+        return SimCLRMethod(config, **options)
+    if kind == "mae":
+        return MAEMethod(config, **options)
+    raise ValueError(f"unknown method {kind!r}: use one of {', '.join(METHODS)}")
