@@ -2,19 +2,26 @@
 
 Client commands talk to a server (`--server HOST:PORT`, or LENS_SERVER); repository commands
 work on a model repository (`--repo DIR`, or LENS_REPO). Errors are one line on stderr and a
-non-zero exit code.
+non-zero exit code. The client's own commands live here; `lens serve` comes from the server
+package and `lens train/export/import` from the training package, each through an entry point
+of the group `lens.cli` (a function that registers its commands on the app), so this package
+imports neither.
 """
+
+from importlib.metadata import entry_points
 
 from lens_client import (  # register the commands
     cli_classify,
     cli_deploy,
     cli_index,
     cli_models,
-    cli_train,
 )
 from lens_client.cli_common import app
 
-__all__ = ["app", "cli_classify", "cli_deploy", "cli_index", "cli_models", "cli_train"]
+for _plugin in entry_points(group="lens.cli"):
+    _plugin.load()(app)
+
+__all__ = ["app", "cli_classify", "cli_deploy", "cli_index", "cli_models"]
 
 if __name__ == "__main__":
     app()

@@ -15,7 +15,6 @@ from lens_client import codec
 
 if TYPE_CHECKING:
     from lens_client.client import LensClient
-    from lens_server.repository import Repository
 
 app = typer.Typer(
     name="lens",
@@ -23,8 +22,6 @@ app = typer.Typer(
     add_completion=False,
     help="lens: image and text embeddings over gRPC, and the models behind them.",
 )
-import_app = typer.Typer(no_args_is_help=True, help="Import a model into the repository.")
-app.add_typer(import_app, name="import")
 index_app = typer.Typer(no_args_is_help=True, help="Collections of images, texts and vectors.")
 app.add_typer(index_app, name="index")
 classifier_app = typer.Typer(no_args_is_help=True, help="Saved zero-shot and few-shot classifiers.")
@@ -94,20 +91,3 @@ def image_files(paths: list[Path]) -> list[Path]:
         else:
             fail(f"{path}: no such file or folder", 2)
     return files
-
-
-def describe_version(repository: Repository, name: str, version: int) -> str:
-    manifest = repository.manifest(name, version)
-    source = manifest.source
-    weights = source.get("pretrained") or (
-        "random weights" if source.get("type") == "openclip" else "weights from the folder"
-    )
-    parity = ", ".join(f"{t} parity {p['min_cosine']:.6f}" for t, p in manifest.parity.items())
-    return f"{source.get('type')}:{source.get('arch')}, {weights}, dim {manifest.dim}, {parity}"
-
-
-def written(repository: Repository, name: str, version: int, path: Path) -> None:
-    typer.echo(
-        f"{name}: version {version} written to {path} "
-        f"({describe_version(repository, name, version)})"
-    )

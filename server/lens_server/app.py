@@ -150,13 +150,4 @@ def describe_default(registry: Registry) -> str:
     version = registry.serving_version(name)
     if not version:
         return f"{name} (not serving)"
-    manifest = registry.repo.manifest(name, version)
-    source = manifest.source
-    if source.get("type") == "openclip":
-        weights = source.get("pretrained") or "RANDOM weights (no --pretrained)"
-        return f"{name}:{version}, open_clip {source.get('arch')}, {weights}"
-    if source.get("type") == "train":
-        data = manifest.extra.get("dataset", {}).get("source")
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in manifest.extra.get("metrics", {}).items())
-        return f"{name}:{version}, {manifest.kind} trained on {data} ({metrics})"
-    return f"{name}:{version}, {source.get('type')} {source.get('arch')}"
+    return f"{name}:{version}, {registry.repo.manifest(name, version).describe()}"

@@ -128,6 +128,25 @@ class Manifest:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m, spec in (("image", self.image), ("text", self.text)) if spec)
 
+    def describe(self) -> str:
+        """One line on where the version comes from, so a user knows whether its weights mean
+        anything: its source, its weights (or training data and metrics), dim and parity."""
+        source = self.source
+        kind = source.get("type")
+        if kind == "train":
+            data = self.extra.get("dataset", {}).get("source")
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in self.extra.get("metrics", {}).items())
+            origin = f"{self.kind} trained on {data}" + (f" ({metrics})" if metrics else "")
+        else:
+            weights = source.get("pretrained") or (
+                "RANDOM weights (no --pretrained)"
+                if kind == "openclip"
+                else "weights from the folder"
+            )
+            origin = f"{kind}:{source.get('arch')}, {weights}"
+        parity = ", ".join(f"{t} parity {p['min_cosine']:.6f}" for t, p in self.parity.items())
+        return f"{origin}, dim {self.dim}" + (f", {parity}" if parity else "")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 

@@ -1,26 +1,33 @@
-"""`lens train` and `lens export`."""
+"""`lens train`, `lens export` and `lens import`: the training package's commands, registered
+on the `lens` app by its entry point. Each imports torch only once it runs."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lens_client.cli_common import (
-    Repo,
-    app,
-    describe_version,
-    fail,
-    written,
-)
+from lens_client.cli_common import Repo, fail
+
+if TYPE_CHECKING:
+    from lens_server.repository import Repository
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command("export")(export_command)
+    imports = typer.Typer(no_args_is_help=True, help="Import a model into the repository.")
+    imports.command("openclip")(import_openclip)
+    imports.command("hf")(import_hf)
+    app.add_typer(imports, name="import")
+
 
 DEFAULT_ARCH = {"clip": "lens-tiny-clip", "simclr": "lens-tiny-resnet", "mae": "lens-tiny-vit"}
 
 
-@app.command()
 def train(
     method: Annotated[str, typer.Argument(help="clip, simclr or mae.")],
     data: Annotated[
@@ -74,17 +81,8 @@ def train(
 
     if method not in DEFAULT_ARCH:
         fail(f"unknown method {method!r}: use clip, simclr or mae", 2)
-    if if_missing and export:
-        from lens_server.repository import Repository
-
-        repository = Repository(repo)
-        if export in repository.models():
-            version = repository.latest(export)
-            typer.echo(
-                f"{export}: version {version} is already in {repo} "
-                f"({describe_version(repository, export, version)})"
-            )
-            return
+    if if_missing and export and _existing(repo, export):
+        return
     if out is None:
         if resume:
             fail("--resume needs --out RUN_DIR", 2)
@@ -130,7 +128,6 @@ def train(
         _export(out, export, repo)
 
 
-@app.command("export")
 def export_command(
     run: Annotated[Path, typer.Argument(help="A training run folder.")],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
@@ -152,4 +149,83 @@ def _export(run: Path, name: str, repo: Path) -> None:
         version, path = export_run(repository, run, name)
     except (ParityError, LensError, TrainError, OSError) as e:
         fail(f"export failed, nothing written: {e}")
-    written(repository, name, version, path)
+    _written(repository, name, version, path)
+
+
+def import_openclip(
+    arch: Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-32.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LENS_PRETRAINED",
+            help="A checkpoint file or a pretrained tag; default: random weights.",
+        ),
+    ] = None,
+    repo: Repo = Path("models"),
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if the model has a version.")
+    ] = False,
+) -> None:
+    """Import an open_clip model: export both towers to ONNX, check parity, add a version."""
+    _import(repo, name, if_missing, "openclip", arch=arch, pretrained=pretrained or None)
+
+
+def import_hf(
+    folder: Annotated[Path, typer.Argument(help="A local transformers CLIPModel folder.")],
+    name: Annotated[str, typer.Option(help="Model name in the repository.")],
+    repo: Repo = Path("models"),
+    if_missing: Annotated[
+        bool, typer.Option(help="Do nothing if the model has a version.")
+    ] = False,
+) -> None:
+    """Import a transformers CLIPModel folder: export, check parity, add a version."""
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder", 2)
+    _import(repo, name, if_missing, "hf", folder=folder)
+
+
+def _import(repo: Path, name: str, if_missing: bool, source: str, **kwargs: object) -> None:
+    from lens_server.errors import LensError
+    from lens_server.repository import Repository
+    from lens_training.export import ParityError
+
+    if if_missing and _existing(repo, name):
+        return
+    repository = Repository(repo)
+    what = kwargs.get("arch") or kwargs.get("folder")
+    weights = kwargs.get("pretrained") or ("random weights" if source == "openclip" else "")
+    typer.echo(
+        f"importing {source} {what} as {name} ({weights or 'weights from the folder'})…", err=True
+    )
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if source == "openclip":
+            from lens_training.export.openclip import import_openclip
+
+            version, path = import_openclip(repository, name=name, **kwargs)  # type: ignore[arg-type]
+        else:
+            from lens_training.export.hf import import_hf
+
+            version, path = import_hf(repository, name=name, **kwargs)  # type: ignore[arg-type]
+    except (ParityError, LensError, ValueError, RuntimeError, OSError) as e:
+        fail(f"import failed, nothing written: {e}")
+    _written(repository, name, version, path)
+
+
+def _existing(repo: Path, name: str) -> bool:
+    """`--if-missing`: whether NAME already has a version (said, with what it is)."""
+    from lens_server.repository import Repository
+
+    repository = Repository(repo)
+    if name not in repository.models():
+        return False
+    version = repository.latest(name)
+    manifest = repository.manifest(name, version)
+    typer.echo(f"{name}: version {version} is already in {repo} ({manifest.describe()})")
+    return True
+
+
+def _written(repository: Repository, name: str, version: int, path: Path) -> None:
+    manifest = repository.manifest(name, version)
+    typer.echo(f"{name}: version {version} written to {path} ({manifest.describe()})")

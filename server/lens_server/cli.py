@@ -1,0 +1,111 @@
+"""`lens serve`: the server's command, registered on the `lens` app by its entry point."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lens_client.cli_common import Repo, fail, parse_bytes
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 50051,
+    repo: Repo = Path("models"),
+    collections: Annotated[
+        Path, typer.Option(envvar="LENS_COLLECTIONS", help="Folder of the collections.")
+    ] = Path("collections"),
+    default_model: Annotated[
+        str | None,
+        typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Inputs per batch, per tower (default: 256 on a GPU, 32 on CPUs)."),
+    ] = None,
+    max_queue_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Inputs waiting per tower before RESOURCE_EXHAUSTED.")
+    ] = 4096,
+    instances: Annotated[int, typer.Option(help="Batches run at once per tower.")] = 1,
+    runtime_engine: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="What runs the towers: auto (ONNX Runtime; on a GPU the fp16 program where "
+            "a warm-up measurement finds it faster), onnx, or program.",
+        ),
+    ] = "auto",
+    image_decode: Annotated[
+        str,
+        typer.Option(
+            help="Where JPEGs are decoded: auto (on the GPU when the image tower runs on one), "
+            "cpu, or device (the image tower's device)."
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int, typer.Option(help="ONNX Runtime threads per op (0: one per core).")
+    ] = 0,
+    decode_workers: Annotated[
+        int | None, typer.Option(help="Image decoding threads (default: one per core).")
+    ] = None,
+    max_inputs: Annotated[int, typer.Option(help="Inputs per request.")] = 1024,
+    max_labels: Annotated[int, typer.Option(help="Labels per classifier.")] = 5000,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Weights all loaded versions may hold, e.g. 8GiB (a deploy holds two "
+            "versions at once); 0: no limit."
+        ),
+    ] = "0",
+    poll_s: Annotated[
+        float,
+        typer.Option(help="Seconds between reads of the repository; 0: only on `models reload`."),
+    ] = 10.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve the models of a repository over gRPC."""
+    import asyncio
+
+    from lens_server.app import serve as run
+    from lens_server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
+    from lens_server.errors import LensError
+    from lens_server.gpu import cuda_available
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        runtime = RuntimeConfig(
+            engine=runtime_engine, image_decode=image_decode, intra_op_threads=threads
+        )
+        if decode_workers is not None:
+            runtime = replace(runtime, decode_workers=decode_workers)
+        config = ServerConfig(
+            repo=repo,
+            collections=collections,
+            host=host,
+            port=port,
+            default_model=default_model,
+            batch=BatchConfig(
+                max_batch_size or (256 if cuda_available() else 32),
+                max_queue_delay_ms,
+                max_queue_size,
+                instances,
+            ),
+            limits=Limits(max_inputs_per_request=max_inputs, max_labels=max_labels),
+            runtime=runtime,
+            memory_budget_bytes=parse_bytes(memory_budget),
+            poll_s=poll_s,
+        )
+        asyncio.run(run(config))
+    except (ValueError, LensError, OSError) as e:
+        fail(str(e))
