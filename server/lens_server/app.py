@@ -25,10 +25,11 @@ from lens.v1 import (
 from lens_server.classifiers import ClassifierStore
 from lens_server.collections import Collections
 from lens_server.config import ServerConfig
+from lens_server.core import Core
 from lens_server.deploy import Deployments
 from lens_server.registry import Registry
 from lens_server.repository import Repository
-from lens_server.services.classify import Classification, ClassifiersServicer
+from lens_server.services.classify import ClassifiersServicer
 from lens_server.services.index import IndexServicer
 from lens_server.services.inference import InferenceServicer
 from lens_server.services.models import ModelsServicer
@@ -56,6 +57,9 @@ class LensServer:
         self.collections = Collections(config.collections)
         self.classifiers = ClassifierStore(config.repo)
         self.deployments = Deployments(self.registry, self.collections, self.classifiers)
+        self.core = Core.of(
+            self.registry, self.collections, self.classifiers, self.deployments, config
+        )
         self._watcher: asyncio.Task[None] | None = None
         self._health = HealthServicer()
         size = config.limits.max_message_bytes
@@ -74,20 +78,15 @@ class LensServer:
         self.deployments.resume()
         if self.config.poll_s:
             self._watcher = asyncio.get_running_loop().create_task(self.registry.watch())
-        server = self._server
-        classification = Classification(self.registry, self.classifiers, self.config)
+        server, core = self._server, self.core
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(self.registry, self.config, classification), server
+            InferenceServicer(core, self.registry, self.config), server
         )
         classifiers_pb2_grpc.add_ClassifiersServicer_to_server(
-            ClassifiersServicer(classification), server
+            ClassifiersServicer(core.classification), server
         )
-        models_pb2_grpc.add_ModelsServicer_to_server(
-            ModelsServicer(self.registry, self.deployments), server
-        )
-        index_pb2_grpc.add_IndexServicer_to_server(
-            IndexServicer(self.collections, self.registry, self.deployments, self.config), server
-        )
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(core.models), server)
+        index_pb2_grpc.add_IndexServicer_to_server(IndexServicer(core.indexing), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (

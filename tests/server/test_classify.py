@@ -215,7 +215,7 @@ def bad_requests():
             "negative top_k",
             dict(images=image, top_k=-1, labels=L(labels=["a"])),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "top_k must be >= 1",
+            "top_k must be >= 0 (0: the default of 5), got -1",
         ),
         (
             "top_k above labels",

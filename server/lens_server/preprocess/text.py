@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ftfy
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from lens_server.repository.manifest import TextSpec
 
@@ -40,9 +40,7 @@ class TextTokenizer:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         spec = self.spec
-        if spec.clean == "openclip":
-            texts = [clean_openclip(t) for t in texts]
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        encodings = self._encode(texts)
         ids = np.full((len(texts), spec.context_length), spec.pad_id, dtype=np.int64)
         for row, encoding in enumerate(encodings):
             tokens = [spec.sot_id, *encoding.ids, spec.eot_id]
@@ -51,3 +49,14 @@ class TextTokenizer:
                 tokens[-1] = spec.eot_id
             ids[row, : len(tokens)] = tokens
         return ids
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes in the model (start and end tokens included, truncated at
+        the context length)."""
+        limit = self.spec.context_length
+        return [min(len(e.ids) + 2, limit) for e in self._encode(texts)]
+
+    def _encode(self, texts: list[str]) -> list[Encoding]:
+        if self.spec.clean == "openclip":
+            texts = [clean_openclip(t) for t in texts]
+        return self._tokenizer.encode_batch(texts, add_special_tokens=False)

@@ -11,10 +11,11 @@ import numpy as np
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 from lens_server.config import ServerConfig
+from lens_server.core import Core
 from lens_server.errors import InvalidInput
 from lens_server.model import Input, LoadedVersion
 from lens_server.registry import Registry
-from lens_server.services.classify import Classification
+from lens_server.services.classify import classify
 from lens_server.services.status import deadline_of, streaming, unary
 
 
@@ -25,18 +26,17 @@ def to_matrix(x: np.ndarray) -> common_pb2.Matrix:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(
-        self, registry: Registry, config: ServerConfig, classification: Classification
-    ) -> None:
+    def __init__(self, core: Core, registry: Registry, config: ServerConfig) -> None:
+        self.embedding = core.embedding
+        self.classification = core.classification
         self.registry = registry
         self.config = config
-        self.classification = classification
 
     @unary
     async def Classify(
         self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ClassifyResponse:
-        return await self.classification.classify(request, context)
+        return await classify(self.classification, request, context)
 
     @unary
     async def Embed(
@@ -90,39 +90,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         context: grpc.aio.ServicerContext,
         pinned: LoadedVersion | None = None,
     ) -> inference_pb2.EmbedResponse:
-        inputs = self._inputs(request)
-        if pinned is None:
-            with self.registry.lease(request.model.name, request.model.version) as model:
-                vectors = await model.embed(inputs, deadline_of(context))
-        else:
-            model = pinned
-            vectors = await model.embed(inputs, deadline_of(context))
+        ref = request.model
+        embedded = await self.embedding.embed(
+            _inputs(request), ref.name, ref.version, deadline_of(context), pinned
+        )
         return inference_pb2.EmbedResponse(
-            model=model.name, version=model.version, embeddings=to_matrix(vectors)
+            model=embedded.model, version=embedded.version, embeddings=to_matrix(embedded.vectors)
         )
 
-    def _inputs(self, request: inference_pb2.EmbedRequest) -> list[Input]:
-        limits = self.config.limits
-        count = len(request.inputs)
-        if count == 0:
-            raise InvalidInput("inputs is empty: send at least one image or text")
-        if count > limits.max_inputs_per_request:
-            raise InvalidInput(
-                f"{count} inputs is over the limit of {limits.max_inputs_per_request} per "
-                "request: split the batch (EmbedStream takes any number of requests)"
-            )
-        inputs: list[Input] = []
-        for index, item in enumerate(request.inputs):
-            kind = item.WhichOneof("kind")
-            if kind == "image":
-                inputs.append(item.image)
-            elif kind == "text":
-                if len(item.text) > limits.max_text_chars:
-                    raise InvalidInput(
-                        f"input {index}: text is {len(item.text)} characters, over the limit "
-                        f"of {limits.max_text_chars}"
-                    )
-                inputs.append(item.text)
-            else:
-                raise InvalidInput(f"input {index}: has neither image nor text")
-        return inputs
+
+def _inputs(request: inference_pb2.EmbedRequest) -> list[Input]:
+    inputs: list[Input] = []
+    for index, item in enumerate(request.inputs):
+        kind = item.WhichOneof("kind")
+        if kind is None:
+            raise InvalidInput(f"input {index}: has neither image nor text")
+        inputs.append(item.image if kind == "image" else item.text)
+    return inputs

@@ -1,12 +1,12 @@
-"""The `lens.v1.Models` service: what the server serves, and changing it."""
+"""The `lens.v1.Models` service: proto ↔ core, nothing else."""
 
 from __future__ import annotations
 
 import grpc
 from lens.v1 import common_pb2, models_pb2, models_pb2_grpc
 
-from lens_server.deploy import Deployments, DeployResult
-from lens_server.registry import Registry, State, VersionStatus
+from lens_server.core.models import Deployed, ModelInfo, Models
+from lens_server.registry import State, VersionStatus
 from lens_server.services.status import unary
 
 _STATES = {
@@ -20,94 +20,84 @@ _MODALITIES = {"image": common_pb2.MODALITY_IMAGE, "text": common_pb2.MODALITY_T
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
-    def __init__(self, registry: Registry, deployments: Deployments) -> None:
-        self.registry = registry
-        self.deployments = deployments
+    def __init__(self, models: Models) -> None:
+        self.models = models
 
     @unary
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        return self._list()
+        return self._list(self.models.all())
 
     @unary
     async def GetModel(
         self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ModelInfo:
-        return self._model(request.name)
+        return _model(self.models.get(request.name))
 
     @unary
     async def LoadModel(
         self, request: models_pb2.ModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ModelInfo:
-        await self.deployments.load(request.name, request.version)
-        return self._model(request.name)
+        return _model(await self.models.load(request.name, request.version))
 
     @unary
     async def UnloadModel(
         self, request: models_pb2.ModelVersionRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ModelInfo:
-        await self.deployments.unload(request.name, request.version)
-        return self._model(request.name)
+        return _model(await self.models.unload(request.name, request.version))
 
     @unary
     async def Deploy(
         self, request: models_pb2.DeployRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.DeployResponse:
-        result = await self.deployments.deploy(
-            request.name, request.version, request.keep_collections
+        return _deployed(
+            await self.models.deploy(request.name, request.version, request.keep_collections)
         )
-        return self._deployed(result)
 
     @unary
     async def Rollback(
         self, request: models_pb2.RollbackRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.DeployResponse:
-        result = await self.deployments.rollback(request.name, request.keep_collections)
-        return self._deployed(result)
+        return _deployed(await self.models.rollback(request.name, request.keep_collections))
 
     @unary
     async def ReloadRepository(
         self, request: models_pb2.ReloadRepositoryRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        await self.registry.reload()
-        return self._list()
+        return self._list(await self.models.reload())
 
-    def _list(self) -> models_pb2.ListModelsResponse:
+    def _list(self, found: list[ModelInfo]) -> models_pb2.ListModelsResponse:
         return models_pb2.ListModelsResponse(
-            models=[self._model(name) for name in self.registry.repo.models()],
-            default_model=self.registry.default_model or "",
+            models=[_model(m) for m in found], default_model=self.models.default_model
         )
 
-    def _deployed(self, result: DeployResult) -> models_pb2.DeployResponse:
-        return models_pb2.DeployResponse(
-            model=self._model(result.name),
-            previous_version=result.previous,
-            version=result.version,
-            reindexing=list(result.reindexing),
-            load_seconds=result.load_s,
-            swap_seconds=result.swap_s,
-        )
 
-    def _model(self, name: str) -> models_pb2.ModelInfo:
-        statuses = self.registry.statuses(name)  # NotFound lists the models
-        serving = self.registry.serving_version(name)
-        info = models_pb2.ModelInfo(
-            name=name,
-            versions=[_version(s) for s in statuses],
-            serving_version=serving,
-            is_default=name == self.registry.default_model,
-            previous_version=self.registry.previous_version(name),
-            memory_bytes=self.registry.memory_bytes(name),
-            memory_budget_bytes=self.registry.config.memory_budget_bytes,
-        )
-        # Kind, dim and towers: those of the serving version, else of the newest readable one.
-        described = [s for s in statuses if s.manifest and (s.version == serving or not serving)]
-        if described and (manifest := described[-1].manifest):
-            info.kind = manifest.kind
-            info.dim = manifest.dim
-            info.modalities.extend(_MODALITIES[m] for m in manifest.modalities)
-        return info
+def _deployed(deployed: Deployed) -> models_pb2.DeployResponse:
+    result = deployed.result
+    return models_pb2.DeployResponse(
+        model=_model(deployed.model),
+        previous_version=result.previous,
+        version=result.version,
+        reindexing=list(result.reindexing),
+        load_seconds=result.load_s,
+        swap_seconds=result.swap_s,
+    )
+
+
+def _model(model: ModelInfo) -> models_pb2.ModelInfo:
+    return models_pb2.ModelInfo(
+        name=model.name,
+        versions=[_version(s) for s in model.versions],
+        serving_version=model.serving_version,
+        is_default=model.is_default,
+        previous_version=model.previous_version,
+        memory_bytes=model.memory_bytes,
+        memory_budget_bytes=model.memory_budget_bytes,
+        kind=model.kind,
+        dim=model.dim,
+        modalities=[_MODALITIES[m] for m in model.modalities],
+    )
 
 
 def _version(status: VersionStatus) -> models_pb2.VersionInfo:

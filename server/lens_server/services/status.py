@@ -20,7 +20,8 @@ Resp = TypeVar("Resp")
 
 
 def _report(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
-    code, message = status_of(error)
+    status, message, _ = status_of(error)
+    code = grpc.StatusCode[status.grpc]
     if code == grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
     else:

@@ -1,0 +1,76 @@
+"""Embedding: inputs in, one vector per input out, through the batcher of each tower."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lens_server.config import ServerConfig
+from lens_server.errors import FailedPrecondition, InvalidInput
+from lens_server.model import Input, LoadedVersion
+from lens_server.registry import Registry
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The vectors (n, dim) float32 of n inputs, in input order, and the version that made
+    them."""
+
+    model: str
+    version: int
+    vectors: np.ndarray
+
+
+class Embedding:
+    def __init__(self, registry: Registry, config: ServerConfig) -> None:
+        self.registry = registry
+        self.config = config
+
+    async def embed(
+        self,
+        inputs: Sequence[Input],
+        model: str = "",
+        version: int = 0,
+        deadline: float | None = None,
+        pinned: LoadedVersion | None = None,
+    ) -> Embedded:
+        """Images (encoded bytes) and texts (str) through `model:version` (the default model
+        and its serving version where not given), or through `pinned` where a caller holds a
+        version already (a stream keeps one version for all its requests)."""
+        self.check(inputs)
+        if pinned is not None:
+            vectors = await pinned.embed(list(inputs), deadline)
+            return Embedded(pinned.name, pinned.version, vectors)
+        with self.registry.lease(model, version) as loaded:
+            vectors = await loaded.embed(list(inputs), deadline)
+            return Embedded(loaded.name, loaded.version, vectors)
+
+    def check(self, inputs: Sequence[Input]) -> None:
+        """Refuses an empty request, too many inputs, or a text over the length limit."""
+        limits = self.config.limits
+        count = len(inputs)
+        if count == 0:
+            raise InvalidInput("inputs is empty: send at least one image or text")
+        if count > limits.max_inputs_per_request:
+            raise InvalidInput(
+                f"{count} inputs is over the limit of {limits.max_inputs_per_request} per "
+                "request: split the batch"
+            )
+        for index, item in enumerate(inputs):
+            if isinstance(item, str) and len(item) > limits.max_text_chars:
+                raise InvalidInput(
+                    f"input {index}: text is {len(item)} characters, over the limit "
+                    f"of {limits.max_text_chars}"
+                )
+
+    def token_counts(self, texts: Sequence[str], model: str = "", version: int = 0) -> list[int]:
+        """Tokens each text takes in the model's tokenizer (start and end tokens included,
+        truncated at the context length), as OpenAI's `usage` counts them."""
+        with self.registry.lease(model, version) as loaded:
+            if loaded.text is None:
+                raise FailedPrecondition(
+                    f"model {loaded.name} version {loaded.version} has no text tower"
+                )
+            return loaded.text.lengths(list(texts))

@@ -1,0 +1,80 @@
+"""What the server serves, and changing it: load, unload, deploy, roll back, reload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lens_server.deploy import Deployments, DeployResult
+from lens_server.registry import Registry, VersionStatus
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    versions: list[VersionStatus]
+    serving_version: int
+    is_default: bool
+    previous_version: int
+    memory_bytes: int
+    memory_budget_bytes: int
+    # Of the serving version, else of the newest readable one ('' / 0 / () if none is).
+    kind: str
+    dim: int
+    modalities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Deployed:
+    model: ModelInfo
+    result: DeployResult
+
+
+class Models:
+    def __init__(self, registry: Registry, deployments: Deployments) -> None:
+        self.registry = registry
+        self.deployments = deployments
+
+    @property
+    def default_model(self) -> str:
+        return self.registry.default_model or ""
+
+    def all(self) -> list[ModelInfo]:
+        return [self.get(name) for name in self.registry.repo.models()]
+
+    def get(self, name: str) -> ModelInfo:
+        statuses = self.registry.statuses(name)  # NotFound lists the models
+        serving = self.registry.serving_version(name)
+        described = [s for s in statuses if s.manifest and (s.version == serving or not serving)]
+        manifest = described[-1].manifest if described else None
+        return ModelInfo(
+            name=name,
+            versions=statuses,
+            serving_version=serving,
+            is_default=name == self.registry.default_model,
+            previous_version=self.registry.previous_version(name),
+            memory_bytes=self.registry.memory_bytes(name),
+            memory_budget_bytes=self.registry.config.memory_budget_bytes,
+            kind=manifest.kind if manifest else "",
+            dim=manifest.dim if manifest else 0,
+            modalities=manifest.modalities if manifest else (),
+        )
+
+    async def load(self, name: str, version: int = 0) -> ModelInfo:
+        await self.deployments.load(name, version)
+        return self.get(name)
+
+    async def unload(self, name: str, version: int = 0) -> ModelInfo:
+        await self.deployments.unload(name, version)
+        return self.get(name)
+
+    async def deploy(self, name: str, version: int = 0, keep_collections: bool = False) -> Deployed:
+        result = await self.deployments.deploy(name, version, keep_collections)
+        return Deployed(self.get(result.name), result)
+
+    async def rollback(self, name: str, keep_collections: bool = False) -> Deployed:
+        result = await self.deployments.rollback(name, keep_collections)
+        return Deployed(self.get(result.name), result)
+
+    async def reload(self) -> list[ModelInfo]:
+        await self.registry.reload()
+        return self.all()
