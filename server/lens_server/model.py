@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from lens_server.batching import Batcher
-from lens_server.config import ServerConfig
+from lens_server.config import BatchConfig, ServerConfig
 from lens_server.errors import FailedPrecondition, InvalidInput
 from lens_server.pipeline import Admitted, DeviceImages, image_pipeline
 from lens_server.preprocess import ImagePreprocessor, TextTokenizer
@@ -30,17 +30,12 @@ from lens_server.repository.manifest import (
     verify_files,
 )
 from lens_server.runtime.choose import Choice, open_tower
+from lens_server.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
 # One input: encoded image bytes, or a text.
 Input = bytes | str
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of `x` (N, D) scaled to unit length (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
 
 
 def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[str, Choice]:
@@ -136,8 +131,8 @@ class LoadedVersion:
             self.image = ImagePreprocessor(manifest.image, config.limits)
             tower = towers["image"].tower
             self._device_images = image_pipeline(manifest.image, config.runtime, self.image, tower)
-            if self._device_images:  # two batches at once: one decodes while one embeds
-                batch = replace(config.batch, instances=max(2, config.batch.instances))
+            if self._device_images:
+                batch = _overlapping(config.batch, f"{label}/image")
                 self.batchers["image"] = Batcher(
                     f"{label}/image", self._device_images.run, batch, collate=list
                 )
@@ -279,6 +274,20 @@ class LoadedVersion:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+
+def _overlapping(config: BatchConfig, tower: str) -> BatchConfig:
+    """`config` with at least two instances: on the device path one batch decodes while
+    another embeds, and a single instance would leave the GPU idle during each decode."""
+    if config.instances >= 2:
+        return config
+    log.info(
+        "%s: instances raised from %d (configured) to 2: images are decoded on the device, "
+        "where one batch decodes while another embeds",
+        tower,
+        config.instances,
+    )
+    return replace(config, instances=2)
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

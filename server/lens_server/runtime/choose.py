@@ -25,8 +25,9 @@ import numpy as np
 from lens_server.config import RuntimeConfig
 from lens_server.errors import FailedPrecondition
 from lens_server.gpu import cuda_available, torch_installed
-from lens_server.runtime.base import Tower
+from lens_server.runtime.base import DeviceTower, Tower
 from lens_server.runtime.onnx import OnnxTower
+from lens_server.vectors import cosine_rows
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class Trial:
 
 @dataclass(frozen=True)
 class Choice:
-    tower: Tower
+    # Every runtime chosen from also runs on device inputs (device preprocessing).
+    tower: DeviceTower
     runtime: str
     trials: tuple[Trial, ...] = field(default=())
 
@@ -124,7 +126,7 @@ def _measure(
     try:
         program = ProgramTower(program_file, dim, device, max_batch)
         out, speed = _run(program, x, timed)
-        cosine = float(_cosines(expected, out).min())
+        cosine = float(cosine_rows(expected, out).min())
         error = "" if cosine >= PROGRAM_PARITY else f"cosine {cosine:.6f} < {PROGRAM_PARITY}"
         trials.append(Trial("program", tuple(program.providers), speed, cosine, error))
     except Exception as e:  # whatever stops the candidate, ONNX Runtime still serves
@@ -153,9 +155,3 @@ def _run(tower: Tower, x: np.ndarray, timed: bool) -> tuple[np.ndarray, float]:
         tower(x)
         runs += 1
     return out, runs * len(x) / (time.perf_counter() - start)
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)

@@ -14,6 +14,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from lens_server.vectors import cosine_rows
+
 # Real photos shipped with scikit-image: colour, grayscale (camera, coins), RGBA (logo) and
 # odd aspect ratios (rocket, page), so conversion and crop paths are all exercised.
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "logo", "page")
@@ -50,12 +52,6 @@ def sample_images() -> list[bytes]:
         Image.fromarray(array).save(buffer, format="PNG")
         images.append(buffer.getvalue())
     return images
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.sum(a * b, axis=1)
 
 
 def check(
