@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,14 +26,17 @@ from lens_server.errors import FailedPrecondition, InvalidInput, LensError
 from lens_server.gpu import cuda_available, torch_installed
 from lens_server.preprocess import ImagePreprocessor
 from lens_server.repository.manifest import ImageSpec
-from lens_server.runtime.base import Tower
+from lens_server.runtime.base import DeviceTower
+
+if TYPE_CHECKING:  # both load torch: imported where a device pipeline is built
+    from lens_server.preprocess.device import DevicePreprocessor
 
 # An admitted input: its position in its request, and its bytes (for the device) or pixels.
 Admitted = tuple[int, bytes | np.ndarray]
 
 
 def image_pipeline(
-    spec: ImageSpec, config: RuntimeConfig, cpu: ImagePreprocessor, tower: Tower
+    spec: ImageSpec, config: RuntimeConfig, cpu: ImagePreprocessor, tower: DeviceTower
 ) -> DeviceImages | None:
     """The device pipeline for this tower, or None where images are decoded on the CPU.
 
@@ -43,11 +46,11 @@ def image_pipeline(
     mode = config.image_decode
     if mode == "cpu":
         return None
-    device = str(getattr(tower, "device", "cpu"))
+    device = str(tower.device)
     on_gpu = device.startswith("cuda") and cuda_available()
     if mode == "auto" and not on_gpu:
         return None
-    if not torch_installed() or not hasattr(tower, "run_device"):
+    if not torch_installed():
         raise FailedPrecondition("decoding images on the device needs torch and torchvision")
     from lens_server.preprocess.device import DevicePreprocessor, device_decodable
 
@@ -63,7 +66,7 @@ def image_pipeline(
 class DeviceImages:
     """`admit` on the CPU workers, `run` on the batcher's threads (a batch of `Admitted`)."""
 
-    def __init__(self, preprocess: Any, tower: Any) -> None:
+    def __init__(self, preprocess: DevicePreprocessor, tower: DeviceTower) -> None:
         self._preprocess = preprocess
         self._tower = tower
         self._local = threading.local()  # each batcher thread's CUDA stream
@@ -83,7 +86,7 @@ class DeviceImages:
         }
         return Partial(out, failed)
 
-    def _stream(self) -> Any:
+    def _stream(self) -> contextlib.AbstractContextManager[Any]:
         import torch
 
         device = self._preprocess.device

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from lens_server.config import RuntimeConfig
 from lens_server.errors import ModelError
+
+if TYPE_CHECKING:  # `run_device` is called on the GPU path only, where torch is installed
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class OnnxTower:
         (out,) = self._session.run([self._output], {self._input: batch})
         return np.asarray(out, dtype=np.float32)
 
-    def run_device(self, x: Any) -> Any:
+    def run_device(self, x: torch.Tensor) -> torch.Tensor:
         """A torch tensor (N, ...) on this session's device → float32 (N, dim) on the same
         device, through IO binding: ONNX Runtime reads and writes the tensors' own memory, with
         no copy through the host. On CUDA the caller's stream is synchronised first (ONNX
