@@ -107,7 +107,7 @@ def index_ls(server: Server = codec.DEFAULT_SERVER) -> None:
 
 
 @index_app.command("describe")
-def indexdescribe_version(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+def index_describe(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
     """Count, dimension, model version, index, memory, last snapshot."""
     with connect(server) as client:
         print_json(client.describe_collection(name))
