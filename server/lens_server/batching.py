@@ -58,15 +58,20 @@ class _Item:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+# Sizes of the latest batches a batcher keeps in its stats.
+SIZES_KEPT = 1024
+
+
 @dataclass
 class BatchStats:
+    """What one tower's batcher ran: batches and inputs run through the tower, inputs dropped
+    before it (cancelled or past their deadline), and the sizes of the latest `SIZES_KEPT`
+    batches, oldest first (which requests shared a batch shows there)."""
+
     batches: int = 0
     inputs: int = 0
     dropped: int = 0
-
-    @property
-    def mean_batch(self) -> float:
-        return self.inputs / self.batches if self.batches else 0.0
+    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=SIZES_KEPT))
 
 
 class Batcher:
@@ -213,6 +218,7 @@ class Batcher:
                 raise ModelError(f"{self.name}: {len(batch)} inputs gave {out.shape[0]} outputs")
             self.stats.batches += 1
             self.stats.inputs += len(batch)
+            self.stats.sizes.append(len(batch))
             for i, (item, row) in enumerate(zip(batch, out, strict=True)):
                 if item.future.done():
                     continue
