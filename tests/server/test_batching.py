@@ -1,38 +1,59 @@
-"""The dynamic batcher with a deterministic fake tower: ordering, batching, failures."""
+"""The dynamic batcher with a deterministic fake tower: ordering, batching, failures.
+
+Driven by events, not by sleeping: the fake tower reports each batch it starts and holds it
+until the test opens its gate, so a loaded machine changes how long a test takes, not what
+it sees. `await asyncio.sleep(0)` only lets the tasks already scheduled (submits) run.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from lens_server.batching import Batcher, Partial
+from lens_server.batching import SIZES_KEPT, Batcher, Partial
 from lens_server.config import BatchConfig
 from lens_server.errors import DeadlineExceeded, InvalidInput, ModelError, Overloaded, Unavailable
 
+# Longest a test waits for an event before failing (never reached when things work).
+PATIENCE = 30.0
+
 
 class FakeTower:
-    """Returns each row's first value, doubled; records batch sizes; can be told to fail."""
+    """Returns each row's first value, doubled; records batches; can be told to fail.
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    Each batch is reported on `started` (its first values) as it enters the tower, and then
+    waits for `gate` to be open (it is open unless a test closes it). Build it inside the
+    event loop the batcher runs on.
+    """
+
+    def __init__(self) -> None:
         self.batches: list[int] = []
         self.seen: list[list[float]] = []
         self.fail_on: float | None = None
         self.gate = threading.Event()
         self.gate.set()
+        self.started: asyncio.Queue[list[float]] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        self.gate.wait(10)
-        time.sleep(self.delay)
+        values = x[:, 0].tolist()
+        self._loop.call_soon_threadsafe(self.started.put_nowait, values)
+        if not self.gate.wait(PATIENCE):
+            raise RuntimeError("the test never opened the gate")
         self.batches.append(len(x))
-        self.seen.append(x[:, 0].tolist())
-        if self.fail_on is not None and self.fail_on in x[:, 0]:
+        self.seen.append(values)
+        if self.fail_on is not None and self.fail_on in values:
             raise RuntimeError("boom")
         return np.stack([x[:, 0] * 2, x[:, 0]], axis=1)
+
+    async def next_batch(self) -> list[float]:
+        """The first values of the next batch to enter the tower, once it has."""
+        return await asyncio.wait_for(self.started.get(), PATIENCE)
 
 
 def rows(*values: float) -> list[np.ndarray]:
@@ -45,56 +66,82 @@ def run(coro):
 
 def test_results_come_back_in_order_for_each_concurrent_request():
     async def main():
-        tower = FakeTower(delay=0.002)
+        tower = FakeTower()
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=8, max_queue_delay_ms=2))
         requests = [list(range(i * 10, i * 10 + 1 + i % 5)) for i in range(40)]
+        # All 40 are queued before the batcher's loop runs again: they share batches.
         outputs = await asyncio.gather(*(batcher.submit(rows(*r)) for r in requests))
         for request, out in zip(requests, outputs, strict=True):
             np.testing.assert_array_equal(out[:, 0], np.array(request) * 2)
         await batcher.close()
-        return tower
+        return tower, batcher.stats
 
-    tower = run(main())
+    tower, stats = run(main())
     assert max(tower.batches) > 1, "concurrent inputs were never batched together"
     assert max(tower.batches) <= 8
+    assert list(stats.sizes) == tower.batches and stats.inputs == sum(tower.batches)
+    assert stats.batches == len(tower.batches)
 
 
 def test_an_idle_tower_runs_a_lone_input_at_once():
-    """No batching delay when nothing else runs: the single-request latency path."""
+    """No batching delay when nothing else runs: the single-request latency path (a delay
+    of a minute would time the request out here)."""
 
     async def main():
-        config = BatchConfig(max_batch_size=64, max_queue_delay_ms=2000)
+        config = BatchConfig(max_batch_size=64, max_queue_delay_ms=60_000)
         batcher = Batcher("fake", FakeTower(), config)
-        start = time.monotonic()
-        await batcher.submit(rows(1.0))
-        elapsed = time.monotonic() - start
+        out = await asyncio.wait_for(batcher.submit(rows(1.0)), PATIENCE)
         await batcher.close()
-        return elapsed
+        return out
 
-    assert run(main()) < 0.5
+    np.testing.assert_array_equal(run(main())[:, 0], [2])
 
 
-def test_a_free_instance_waits_for_the_delay_while_another_runs():
-    """Two instances, one busy: the next batch gathers for the delay instead of running a
-    lone input on the free instance."""
+def test_a_free_instance_waits_for_a_batch_while_another_runs():
+    """Two instances, one busy: the next batch gathers (here until it is full, the delay
+    being a minute) instead of running a lone input on the free instance."""
 
     async def main():
         tower = FakeTower()
-        config = BatchConfig(max_batch_size=32, max_queue_delay_ms=300, instances=2)
+        config = BatchConfig(max_batch_size=10, max_queue_delay_ms=60_000, instances=2)
         batcher = Batcher("fake", tower, config)
         tower.gate.clear()
         first = asyncio.ensure_future(batcher.submit(rows(0)))
-        await asyncio.sleep(0.05)  # the first batch is stuck in the tower, one instance free
+        assert await tower.next_batch() == [0]  # stuck in the tower: one instance free
         later = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(1, 6)]
-        for _ in range(5):
-            await asyncio.sleep(0.02)
+        for _ in range(4):  # more arrive one by one while the batch gathers
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert tower.started.empty(), "a partial batch ran on the free instance"
             later.append(asyncio.ensure_future(batcher.submit(rows(10))))
+        assert tower.started.empty()
+        later.append(asyncio.ensure_future(batcher.submit(rows(10))))  # the tenth: full
+        assert len(await tower.next_batch()) == 10  # on the free instance, the first still busy
         tower.gate.set()
         await asyncio.gather(first, *later)
         await batcher.close()
-        return tower.batches
+        return tower.batches, batcher.stats
 
-    assert run(main()) == [1, 10]
+    batches, stats = run(main())
+    assert sorted(batches) == [1, 10] and sorted(stats.sizes) == [1, 10]
+
+
+def test_a_gathering_batch_runs_once_its_oldest_input_has_waited_the_delay():
+    async def main():
+        tower = FakeTower()
+        config = BatchConfig(max_batch_size=32, max_queue_delay_ms=20, instances=2)
+        batcher = Batcher("fake", tower, config)
+        tower.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(rows(0)))
+        assert await tower.next_batch() == [0]
+        later = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(1, 4)]
+        # Far from full, and the first batch still in the tower: the delay lets it go.
+        assert await tower.next_batch() == [1, 2, 3]
+        tower.gate.set()
+        await asyncio.gather(first, *later)
+        await batcher.close()
+
+    run(main())
 
 
 def test_inputs_wait_while_the_instance_is_busy_and_then_run_together():
@@ -103,15 +150,17 @@ def test_inputs_wait_while_the_instance_is_busy_and_then_run_together():
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=32, max_queue_delay_ms=0))
         tower.gate.clear()
         first = asyncio.ensure_future(batcher.submit(rows(0)))
-        await asyncio.sleep(0.05)  # the first batch is now stuck in the tower
+        assert await tower.next_batch() == [0]  # the first batch is now stuck in the tower
         later = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(1, 11)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)
+        assert batcher.queued == 10
         tower.gate.set()
         await asyncio.gather(first, *later)
         await batcher.close()
-        return tower.batches
+        return tower.batches, batcher.stats
 
-    assert run(main()) == [1, 10]
+    batches, stats = run(main())
+    assert batches == [1, 10] and list(stats.sizes) == [1, 10]
 
 
 def test_full_queue_refuses_the_whole_request():
@@ -122,7 +171,7 @@ def test_full_queue_refuses_the_whole_request():
         )
         tower.gate.clear()
         stuck = asyncio.ensure_future(batcher.submit(rows(0, 1)))
-        await asyncio.sleep(0.05)
+        assert await tower.next_batch() == [0, 1]
         waiting = asyncio.ensure_future(batcher.submit(rows(2, 3, 4)))
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="queue full"):
@@ -160,6 +209,7 @@ def test_rows_a_partial_result_names_fail_alone():
     async def main():
         config = BatchConfig(max_batch_size=8, max_queue_delay_ms=20)
         batcher = Batcher("partial", tower, config, collate=list)
+        # Queued together before the batcher's loop runs: an idle tower takes them all.
         good, bad, other = await asyncio.gather(
             batcher.submit([1.0, 2.0]),
             batcher.submit([3.0, -1.0]),
@@ -168,6 +218,7 @@ def test_rows_a_partial_result_names_fail_alone():
         )
         await batcher.close()
         assert batcher.stats.batches == 1  # all three requests shared one batch
+        assert list(batcher.stats.sizes) == [5]
         return good, bad, other
 
     good, bad, other = run(main())
@@ -182,18 +233,21 @@ def test_cancelled_requests_are_dropped_before_the_tower():
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=16, max_queue_delay_ms=0))
         tower.gate.clear()
         busy = asyncio.ensure_future(batcher.submit(rows(0)))
-        await asyncio.sleep(0.05)
+        assert await tower.next_batch() == [0]
         gone = asyncio.ensure_future(batcher.submit(rows(1, 2, 3)))
         kept = asyncio.ensure_future(batcher.submit(rows(4)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        assert batcher.queued == 4
         gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
         tower.gate.set()
         await asyncio.gather(busy, kept)
         await batcher.close()
-        return tower.batches, batcher.stats.dropped
+        return tower.seen, batcher.stats.dropped
 
-    batches, dropped = run(main())
-    assert batches == [1, 1] and dropped == 3
+    seen, dropped = run(main())
+    assert seen == [[0], [4]] and dropped == 3
 
 
 def test_expired_deadlines_are_not_run():
@@ -202,32 +256,58 @@ def test_expired_deadlines_are_not_run():
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=16, max_queue_delay_ms=0))
         tower.gate.clear()
         busy = asyncio.ensure_future(batcher.submit(rows(0)))
-        await asyncio.sleep(0.05)
-        late = asyncio.ensure_future(batcher.submit(rows(1), deadline=time.monotonic() + 0.01))
-        await asyncio.sleep(0.05)
+        assert await tower.next_batch() == [0]
+        # Its deadline passes while it waits behind the busy batch.
+        late = asyncio.ensure_future(batcher.submit(rows(1), deadline=time.monotonic()))
+        await asyncio.sleep(0)
+        assert batcher.queued == 1
         tower.gate.set()
         await busy
         with pytest.raises(DeadlineExceeded):
             await late
         await batcher.close()
-        return tower.batches
+        return tower.batches, batcher.stats.dropped
 
-    assert run(main()) == [1]
+    assert run(main()) == ([1], 1)
 
 
 def test_close_runs_what_is_queued_then_refuses_new_inputs():
     async def main():
-        tower = FakeTower(delay=0.01)
+        tower = FakeTower()
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=2, max_queue_delay_ms=0))
+        tower.gate.clear()
         pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
+        assert await tower.next_batch() == [0, 1]
+        closing = asyncio.ensure_future(batcher.close())
         await asyncio.sleep(0)
-        await batcher.close()
+        assert batcher.queued == 4  # still queued when the batcher closes
+        with pytest.raises(Unavailable):
+            await batcher.submit(rows(9))
+        tower.gate.set()
+        await closing
         results = await asyncio.gather(*pending)
         with pytest.raises(Unavailable):
             await batcher.submit(rows(9))
-        return results
+        return results, tower.batches
 
-    assert [float(r[0, 0]) for r in run(main())] == [0, 2, 4, 6, 8, 10]
+    results, batches = run(main())
+    assert [float(r[0, 0]) for r in results] == [0, 2, 4, 6, 8, 10]
+    assert batches == [2, 2, 2]
+
+
+def test_stats_keep_the_latest_batch_sizes():
+    async def main():
+        tower = FakeTower()
+        batcher = Batcher("fake", tower, BatchConfig(max_batch_size=4, max_queue_delay_ms=0))
+        for _ in range(SIZES_KEPT + 5):
+            await batcher.submit(rows(1))
+        await batcher.submit(rows(1, 2, 3))
+        await batcher.close()
+        return batcher.stats
+
+    stats = run(main())
+    assert len(stats.sizes) == SIZES_KEPT and stats.sizes[-1] == 3 and stats.sizes[0] == 1
+    assert stats.batches == SIZES_KEPT + 6 and stats.inputs == SIZES_KEPT + 8
 
 
 def test_config_is_validated():
@@ -243,9 +323,10 @@ def test_background_inputs_run_in_small_batches_when_no_request_waits():
         tower.gate.clear()  # the first batch blocks in the tower while more arrive
         batcher = Batcher("fake", tower, BatchConfig(max_batch_size=8, max_queue_delay_ms=1))
         background = asyncio.create_task(batcher.submit(rows(*range(100, 120)), background=True))
-        await asyncio.sleep(0.05)  # the first 2 background inputs are in the tower
+        assert await tower.next_batch() == [100, 101]  # a quarter of max_batch_size
         live = asyncio.create_task(batcher.submit(rows(1, 2, 3, 4)))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)
+        assert batcher.queued == 22
         tower.gate.set()
         out = await live
         np.testing.assert_array_equal(out[:, 0], [2, 4, 6, 8])
