@@ -1,9 +1,10 @@
 """Durable nearest-neighbour collections: SQLite as the source of truth, FAISS for search."""
 
-from lens_server.collections.collection import Collection, CollectionSpec, Hit
+from lens_server.collections.collection import Collection, Hit
 from lens_server.collections.faiss_index import IndexConfig
 from lens_server.collections.manager import Collections
-from lens_server.collections.shadow import ReindexState, VersionChanged
+from lens_server.collections.shadow import ReindexState
+from lens_server.collections.spec import CollectionSpec, VersionChanged
 from lens_server.collections.store import NewItem
 
 __all__ = [

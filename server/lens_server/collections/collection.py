@@ -1,64 +1,45 @@
-"""One collection: its SQLite store, its FAISS index, snapshots, recovery and rebuilds.
+"""One collection: its SQLite store, its FAISS index, snapshots, recovery, rebuilds, and the
+re-index with another model version.
 
 Writes go to SQLite first (durable when `upsert` returns), then to the in-memory index, both
-under one write lock so the index applies them in log order. Snapshots serialise the index
-with the log sequence number it holds, to `index-<seq>.faiss` through a temporary file and a
-rename; opening a collection loads the newest snapshot and replays the log after it, so a crash
-at any point loses nothing acknowledged and duplicates nothing. Re-indexing with another
-model version (`begin_reindex` … `finish_reindex`) is mixed in from `shadow`. All methods
-block: the server calls them from worker threads.
+under one write lock so the index applies them in log order. Snapshots (`snapshots`) hold the
+index with the log sequence number it holds; opening a collection loads the newest and
+replays the log after it, so a crash at any point loses nothing acknowledged and duplicates
+nothing. An index the collection has outgrown is rebuilt beside the serving one (`building`).
+A re-index (`begin_reindex` … `finish_reindex`) is the `shadow.Reindexer`'s, which this class
+calls under its locks. All methods block: the server calls them from worker threads.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lens_server.collections.faiss_index import METRICS, IndexConfig, VectorIndex
-from lens_server.collections.shadow import Reindexing, Shadow, VersionChanged, check_queries
+from lens_server.collections import building
+from lens_server.collections.faiss_index import VectorIndex
+from lens_server.collections.shadow import Reindexer, ReindexState
+from lens_server.collections.snapshots import Snapshots
+from lens_server.collections.spec import (
+    SPEC,
+    CollectionSpec,
+    ModelVersion,
+    VersionChanged,
+    check_queries,
+)
 from lens_server.collections.store import ItemStore, NewItem, StoredRow
 from lens_server.errors import InvalidInput
 
+__all__ = ["DATABASE", "SPEC", "Collection", "CollectionSpec", "Hit", "VersionChanged"]
+
 log = logging.getLogger(__name__)
 
-SPEC = "collection.json"
 DATABASE = "items.sqlite"
-
-
-@dataclass(frozen=True)
-class CollectionSpec:
-    name: str
-    dim: int
-    metric: str = "cosine"
-    model: str = ""  # empty: vectors only
-    version: int = 0
-    index: IndexConfig = field(default_factory=IndexConfig)
-    created: float = field(default_factory=time.time)
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise InvalidInput(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
-        if self.dim < 1:
-            raise InvalidInput(f"dim must be >= 1, got {self.dim}")
-
-    def save(self, folder: Path) -> None:
-        tmp = folder / (SPEC + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(folder / SPEC)
-
-    @classmethod
-    def load(cls, folder: Path) -> CollectionSpec:
-        raw = json.loads((folder / SPEC).read_text())
-        return cls(**{**raw, "index": IndexConfig(**raw["index"])})
 
 
 @dataclass(frozen=True)
@@ -68,7 +49,7 @@ class Hit:
     metadata: str
 
 
-class Collection(Reindexing):
+class Collection:
     # A snapshot is written after this many logged writes (and at close).
     SNAPSHOT_EVERY = 20_000
     # HNSW is rebuilt when tombstones exceed this share of its vectors.
@@ -77,14 +58,15 @@ class Collection(Reindexing):
     def __init__(self, folder: Path, spec: CollectionSpec) -> None:
         self.folder = folder
         self.store = ItemStore(folder / DATABASE, spec.dim)
-        self._shadow: Shadow | None = None
-        self.spec = self._restore(spec)  # the database's model version wins (crash in a swap)
+        self._reindexer = Reindexer(self.store)
+        # The database's model version wins over `spec` (a crash during a swap).
+        self.spec = self._reindexer.restore(spec, folder)
         self._write = threading.Lock()  # store write + index apply, in log order
         self._read = threading.Lock()  # the index itself (FAISS is not thread-safe to mutate)
         self._deciding = threading.Lock()  # starting a rebuild vs. swapping in a re-index
         self._rebuilding: threading.Thread | None = None
         self._snapshotting = threading.Lock()
-        self.snapshot_seq, self.snapshot_time = 0, 0.0
+        self._snapshots = Snapshots(folder)
         self.index = self._recover()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -107,53 +89,18 @@ class Collection(Reindexing):
 
     def _recover(self) -> VectorIndex:
         """The newest snapshot plus the log after it; a fresh build if there is none."""
-        snapshots = sorted(self.folder.glob("index-*.faiss"), key=_snapshot_seq)
-        if not snapshots:
-            return self._build(self.spec.index.target(self.store.count()))
-        newest = snapshots[-1]
-        index = VectorIndex.load(np.fromfile(newest, dtype=np.uint8), self.spec.index)
-        self.snapshot_seq, self.snapshot_time = _snapshot_seq(newest), newest.stat().st_mtime
-        present = set(index.rows().tolist())
-        index.tombstones = self._replay(index, self.snapshot_seq, present)
+        data = self._snapshots.newest()
+        if data is None:
+            return building.build(self.store, self.spec, self.spec.index.target(self.store.count()))
+        index = VectorIndex.load(data, self.spec.index)
+        seq = self._snapshots.seq
+        index.tombstones = building.replay(self.store, index, seq, set(index.rows().tolist()))
         log.info(
             "collection %s: snapshot at seq %d + %d replayed writes",
             self.spec.name,
-            self.snapshot_seq,
-            self.store.seq() - self.snapshot_seq,
+            seq,
+            self.store.seq() - seq,
         )
-        return index
-
-    def _replay(self, index: VectorIndex, after: int, present: set[int]) -> set[int]:
-        """Applies the log after `after` to `index`, which holds the rows `present`.
-
-        Row numbers are never reused, so the net effect of the tail is: remove the rows it
-        removes that the index holds, add the rows it adds and does not remove. Returns the
-        index's tombstones (HNSW keeps removed rows until it is rebuilt).
-        """
-        added: set[int] = set()
-        removed: set[int] = set()
-        for _, op, row in self.store.log_after(after):
-            (added if op == "add" else removed).add(row)
-        index.remove(sorted(removed & present))
-        fresh = sorted(added - removed - present)
-        for start in range(0, len(fresh), 65_536):
-            rows, vectors = self.store.vectors(fresh[start : start + 65_536])
-            index.add(rows, vectors)
-        if index.kind != "hnsw":
-            return set()
-        return set(index.rows().tolist()) - set(self.store.matching({}).tolist())
-
-    def _build(self, kind: str) -> VectorIndex:
-        """A new index of `kind` holding every item of the store (blocking)."""
-        count = self.store.count()
-        if kind == "ivf-pq" and count < self.spec.index.min_train(count):
-            kind = "flat"  # not enough vectors to train yet: exact until there are
-        train = np.empty((0, self.spec.dim), np.float32)
-        if kind == "ivf-pq":
-            train = _sample(self.store, max(self.spec.index.min_train(count), 100_000))
-        index = VectorIndex.build(kind, self.spec.dim, self.spec.metric, self.spec.index, train)
-        for rows, vectors in self.store.scan():
-            index.add(rows, vectors)
         return index
 
     # -- writes ------------------------------------------------------------------------------
@@ -168,14 +115,16 @@ class Collection(Reindexing):
 
         `version`: the model version the items' vectors come from, if known. While
         re-indexing, `next_vectors` (the target version, the items' (n, dim) vectors from it)
-        keep the shadow in step (see `Reindexing._route`).
+        keep the shadow in step (see `Reindexer.route`).
         """
         for i, item in enumerate(items):
             if not item.id:
                 raise InvalidInput(f"item {i}: id is empty")
-        vectors = self._prepare(np.stack([item.vector for item in items]))
+        vectors = self.spec.prepare(np.stack([item.vector for item in items]))
         with self._write:
-            vectors, shadow_vectors = self._route(items, vectors, version, next_vectors)
+            vectors, shadow_vectors = self._reindexer.route(
+                self.spec, items, vectors, version, next_vectors
+            )
             written = self.store.upsert(
                 [
                     NewItem(it.id, v, it.metadata, it.source_kind, it.source)
@@ -187,8 +136,7 @@ class Collection(Reindexing):
             with self._read:
                 self.index.remove(written.not_added(written.removed))
                 self.index.add(np.array(written.added, np.int64)[kept], vectors[kept])
-            if self._shadow is not None:
-                self._shadow.apply(written, shadow_vectors)
+            self._reindexer.apply(written, shadow_vectors)
         self._after_write(written.seq)
         return written.seq
 
@@ -197,20 +145,12 @@ class Collection(Reindexing):
             written = self.store.delete(ids)
             with self._read:
                 self.index.remove(written.removed)
-            if self._shadow is not None:
-                self._shadow.apply(written, None)
+            self._reindexer.apply(written, None)
         self._after_write(written.seq)
         return len(written.removed)
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if self.spec.metric == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, np.float32(1e-12))
-        return vectors
-
     def _after_write(self, seq: int) -> None:
-        due = seq - self.snapshot_seq >= self.SNAPSHOT_EVERY
+        due = seq - self._snapshots.seq >= self.SNAPSHOT_EVERY
         if due and not self._rebuilding and not self._snapshotting.locked():
             threading.Thread(
                 target=self.snapshot, name=f"snapshot-{self.spec.name}", daemon=True
@@ -227,50 +167,24 @@ class Collection(Reindexing):
     def _snapshot(self) -> None:
         with self._write, self._read:
             seq = self.store.seq()
-            if seq == self.snapshot_seq and list(self.folder.glob("index-*.faiss")):
+            if seq == self._snapshots.seq and self._snapshots.paths():
                 return
             data = self.index.serialize()
-        path = self.folder / f"index-{seq:012d}.faiss"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            data.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        _fsync_dir(self.folder)
-        for old in self.folder.glob("index-*.faiss"):
-            if old != path:
-                old.unlink()
-        self.snapshot_seq, self.snapshot_time = seq, time.time()
+        self._snapshots.write(data, seq)
         if not self._rebuilding:
             self.store.prune_log(seq)
 
-    def _drop_snapshots(self) -> None:
-        """Deletes every snapshot, durably (they hold vectors a re-index is replacing)."""
-        for old in self.folder.glob("index-*.faiss"):
-            old.unlink()
-        _fsync_dir(self.folder)
-
     def _maybe_rebuild(self) -> None:
-        """Starts a background rebuild when the index no longer fits the collection: `auto`
-        outgrew its type, IVF-PQ has enough vectors to train (or outgrew its lists), or HNSW
-        holds too many tombstones."""
+        """Starts a background rebuild when the index no longer fits the collection (see
+        `building.outgrown`)."""
         with self._deciding:  # not while a re-index swaps
             if self._rebuilding:
                 return
-            config, index, live = self.spec.index, self.index, self.index.live
-            target = config.target(live)
-            if target == "ivf-pq" and live < config.min_train(live):
-                target = "flat"  # exact until there is enough to train on
-            wants = target != index.kind
-            if index.kind == "hnsw":
-                wants |= len(index.tombstones) > self.MAX_TOMBSTONES * max(index.ntotal, 1)
-            if index.kind == "ivf-pq" and not config.ivf_nlist:
-                wants |= config.nlist(live) > 2 * index.nlist
-            if wants:
+            kind = building.outgrown(self.spec.index, self.index, self.MAX_TOMBSTONES)
+            if kind is not None:
                 self._rebuilding = threading.Thread(
                     target=self._rebuild,
-                    args=(target,),
+                    args=(kind,),
                     name=f"rebuild-{self.spec.name}",
                     daemon=True,
                 )
@@ -280,12 +194,13 @@ class Collection(Reindexing):
         """Builds a new index beside the serving one, catches up with the log, swaps."""
         try:
             start, spec = self.store.seq(), self.spec
-            fresh = self._build(kind)
+            fresh = building.build(self.store, spec, kind)
             with self._write:
                 if self.spec is not spec:  # a re-index swapped in other vectors meanwhile
                     log.info("collection %s: rebuild as %s superseded", spec.name, kind)
                     return
-                fresh.tombstones = self._replay(fresh, start, set(fresh.rows().tolist()))
+                present = set(fresh.rows().tolist())
+                fresh.tombstones = building.replay(self.store, fresh, start, present)
                 with self._read:
                     self.index = fresh
             log.info(
@@ -296,6 +211,88 @@ class Collection(Reindexing):
         finally:
             self._rebuilding = None
         self.snapshot()
+
+    # -- re-indexing with another model version ----------------------------------------------
+
+    def begin_reindex(self, model: str, version: int, dim: int) -> None:
+        """Starts re-embedding every item with `model` `version` (vectors of `dim`) into a
+        shadow; resumes when that target is in progress already, starts over when another is.
+
+        FailedPrecondition if items were given as raw vectors (they have no source to embed);
+        InvalidInput for a collection of vectors only.
+        """
+        if not self.spec.model:
+            raise InvalidInput(f"collection {self.spec.name} holds vectors only: it has no model")
+        target = ModelVersion(model, version, dim)
+        with self._write:
+            self._reindexer.begin(self.spec, target)
+
+    def cancel_reindex(self) -> None:
+        """Drops the re-index in progress, if any; the collection stays as it is."""
+        with self._write:
+            self._reindexer.cancel()
+
+    @property
+    def reindexing(self) -> ReindexState | None:
+        return self._reindexer.state()
+
+    @property
+    def reindex_target(self) -> ModelVersion | None:
+        """The version a re-index in progress embeds with (no counting: cheap)."""
+        return self._reindexer.target
+
+    def pending_sources(self, limit: int, after: int = 0) -> list[tuple[int, str, bytes | None]]:
+        """(row, source kind, source) of up to `limit` live rows after row `after` that lack a
+        vector of the target version, in row order; empty when none (or no re-index).
+
+        A row stays pending until `put_reindexed` stores it: a driver that embeds several
+        batches at once passes the last row it has in flight as `after`.
+        """
+        return self._reindexer.pending(limit, after)
+
+    def put_reindexed(
+        self, rows: np.ndarray, vectors: np.ndarray, version: int | None = None
+    ) -> int:
+        """Stores the target version's `vectors` (n, dim) of `rows` (n,) and indexes them in
+        the shadow; rows removed or replaced meanwhile are skipped (rows are never reused), as
+        is everything when no re-index (or one to another `version`) is in progress. Returns
+        how many were stored."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(rows):
+            raise InvalidInput(
+                f"{len(rows)} rows need ({len(rows)}, dim) vectors, got {vectors.shape}"
+            )
+        vectors = self.spec.prepare(vectors)
+        with self._write:
+            return self._reindexer.put(rows, vectors, version)
+
+    def finish_reindex(self) -> bool:
+        """Swaps the shadow in, atomically and crash-safely, once every live row has a vector
+        of the target version: True when no re-index remains (swapped now, or none was in
+        progress); False, changing nothing, while a row lacks one or a rebuild runs."""
+        with self._snapshotting:
+            with self._deciding, self._write:
+                if self._reindexer.target is None:
+                    return True
+                if self._rebuilding is not None:
+                    return False
+                # The old vectors' snapshots go before the swap commits.
+                swapped = self._reindexer.swap(self.spec, self._snapshots.drop)
+                if swapped is None:
+                    return False
+                spec, index = swapped
+                with self._read:
+                    self.index, self.spec = index, spec
+                self._reindexer.end()
+                try:
+                    spec.save(self.folder)
+                except OSError:  # the database holds the version; `open` rewrites the spec
+                    log.exception("collection %s: could not save its spec", spec.name)
+            self._snapshot()
+        log.info("collection %s: now at %s version %d", spec.name, spec.model, spec.version)
+        self._maybe_rebuild()
+        return True
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -320,7 +317,7 @@ class Collection(Reindexing):
     ) -> list[list[Hit]]:
         """The k nearest items of each query (n, dim), closest first. `version`: the model
         version the queries come from (VersionChanged if the collection swapped meanwhile)."""
-        queries = self._prepare(queries)
+        queries = self.spec.prepare(queries)
         allowed = self.store.matching(filter_) if filter_ else None
         if allowed is not None and not len(allowed):
             return [[] for _ in queries]
@@ -389,31 +386,9 @@ class Collection(Reindexing):
             "count": self.store.count(),
             "built_type": kind,
             "memory_bytes": memory,
-            "snapshot_seq": self.snapshot_seq,
-            "snapshot_time": self.snapshot_time,
+            "snapshot_seq": self._snapshots.seq,
+            "snapshot_time": self._snapshots.time,
             "seq": self.store.seq(),
             "rebuilding": self._rebuilding is not None,
             "reindex": self.reindexing,
         }
-
-
-def _snapshot_seq(path: Path) -> int:
-    return int(path.stem.split("-")[1])
-
-
-def _sample(store: ItemStore, count: int) -> np.ndarray:
-    parts, have = [], 0
-    for _, vectors in store.scan():
-        parts.append(vectors)
-        have += len(vectors)
-        if have >= count:
-            break
-    return np.concatenate(parts)[:count] if parts else np.empty((0, store.dim), np.float32)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

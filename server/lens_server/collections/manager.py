@@ -7,7 +7,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from lens_server.collections.collection import SPEC, Collection, CollectionSpec
+from lens_server.collections.collection import Collection
+from lens_server.collections.spec import SPEC, CollectionSpec
 from lens_server.errors import AlreadyExists, NotFound, available
 from lens_server.repository.store import check_name
 

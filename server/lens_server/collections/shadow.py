@@ -5,61 +5,30 @@ The target version's vectors of the live rows re-embedded so far live in the sto
 current vectors meanwhile. Every write keeps the shadow in step: removed rows leave it, new
 rows join it when the writer embedded them with the target version too (a dual write) and
 are otherwise left pending for the driver, which re-embeds the pending rows' sources in
-batches (`pending_sources` → `put_reindexed`). Once no live row is pending, `finish_reindex`
-swaps atomically: one SQLite transaction moves every item to its new vector and records the
-new version (it wins over `collection.json` on open), the shadow index becomes the index, and
-the snapshots of the old vectors are deleted before that commit, so a crash at any point
-leaves either the old collection (with the re-index to resume) or the new one. The shadow
-index is not snapshotted: opening a collection rebuilds it from the table.
+batches (`pending` → `put`). Once no live row is pending, `swap` moves every item to its new
+vector and records the new version in one SQLite transaction (the version wins over
+`collection.json` on open), and the shadow index becomes the collection's index; the caller
+deletes the snapshots of the old vectors before that commit, so a crash at any point leaves
+either the old collection (with the re-index to resume) or the new one. The shadow index is
+not snapshotted: opening a collection rebuilds it from the table.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
-from collections.abc import Sequence
-from dataclasses import asdict, astuple, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lens_server.collections.faiss_index import VectorIndex
+from lens_server.collections.next_vectors import NextVectors
+from lens_server.collections.spec import CollectionSpec, ModelVersion, check_dim, check_version
 from lens_server.collections.store import ItemStore, NewItem, Written
-from lens_server.errors import FailedPrecondition, InvalidInput, Unavailable
-
-if TYPE_CHECKING:
-    from lens_server.collections.collection import CollectionSpec
+from lens_server.errors import FailedPrecondition, InvalidInput
 
 log = logging.getLogger(__name__)
-
-
-class VersionChanged(Unavailable):
-    """The collection swapped to another model version after the caller embedded with the
-    old one: embed again with the version now in `Collection.spec`."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """The model version a collection's vectors come from, and their dimension."""
-
-    model: str
-    version: int
-    dim: int
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise InvalidInput("model name is empty")
-        if self.dim < 1:
-            raise InvalidInput(f"dim must be >= 1, got {self.dim}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str) -> ModelVersion:
-        return cls(**json.loads(raw))
 
 
 @dataclass(frozen=True)
@@ -75,13 +44,13 @@ class ReindexState:
 
 
 class Shadow:
-    """The target version's vectors: the store's `next_vectors` and an index of them.
+    """The target version's vectors: the `next_vectors` table and an index of them.
 
     Changes run under the collection's write lock, so the index follows the table.
     """
 
-    def __init__(self, store: ItemStore, target: ModelVersion, index: VectorIndex) -> None:
-        self.store = store
+    def __init__(self, table: NextVectors, target: ModelVersion, index: VectorIndex) -> None:
+        self.table = table
         self.target = target
         self.index = index
         # Every live row below this has a next-version vector: rows are never reused, so a
@@ -89,31 +58,34 @@ class Shadow:
         self.low = 0
 
     @classmethod
-    def load(cls, store: ItemStore, target: ModelVersion, spec: CollectionSpec) -> Shadow:
-        """The shadow of what `next_vectors` holds (empty right after `begin_next`)."""
-        kind = spec.index.target(store.count())
+    def load(
+        cls, table: NextVectors, target: ModelVersion, spec: CollectionSpec, count: int
+    ) -> Shadow:
+        """The shadow of what `table` holds (empty right after `begin`), for a collection of
+        `spec` holding `count` items."""
+        kind = spec.index.target(count)
         if kind == "ivf-pq":
             kind = "flat"  # IVF-PQ needs training: the rebuild after the swap converts
         empty = np.empty((0, target.dim), np.float32)
         index = VectorIndex.build(kind, target.dim, spec.metric, spec.index, empty)
-        for rows, vectors in store.scan_next(target.dim):
+        for rows, vectors in table.scan(target.dim):
             index.add(rows, vectors)
-        return cls(store, target, index)
+        return cls(table, target, index)
 
     def state(self) -> ReindexState:
         target = self.target
-        done, total = self.store.progress_next()
+        done, total = self.table.progress()
         return ReindexState(target.model, target.version, target.dim, done, total)
 
     def pending(self, limit: int, after: int) -> list[tuple[int, str, bytes | None]]:
-        found = self.store.pending_next(max(after, self.low - 1), limit)
+        found = self.table.pending(max(after, self.low - 1), limit)
         if found and after < self.low:
             self.low = max(self.low, found[0][0])
         return found
 
     def put(self, rows: np.ndarray, vectors: np.ndarray) -> int:
         """Stores and indexes the vectors (n, dim) of the rows still live; how many."""
-        stored = self.store.put_next(rows, vectors)
+        stored = self.table.put(rows, vectors)
         self.index.add(rows[stored], vectors[stored])
         return len(stored)
 
@@ -126,166 +98,98 @@ class Shadow:
             self.index.add(np.array(written.added, np.int64)[kept], vectors[kept])
 
 
-class Reindexing:
-    """The re-indexing half of `Collection`, which mixes it in: these methods share its store
-    and locks (`_write` for every change, `_read` around the index) and block."""
+class Reindexer:
+    """The re-index of one collection, given its `store`: the target version's vectors, the
+    shadow index of them while one runs, and what a write must do meanwhile.
 
-    # Provided by `Collection`.
-    folder: Path
-    spec: CollectionSpec
-    store: ItemStore
-    index: VectorIndex
-    _shadow: Shadow | None
-    _write: threading.Lock
-    _read: threading.Lock
-    _deciding: threading.Lock
-    _snapshotting: threading.Lock
-    _rebuilding: threading.Thread | None
+    It holds no lock: the collection calls every method under its write lock (`state` and
+    `target` aside, which read one reference), and `swap` under all of its locks. Vectors
+    given to it are prepared (`CollectionSpec.prepare`) already.
+    """
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    def __init__(self, store: ItemStore) -> None:
+        self.store = store
+        self.table = NextVectors(store)
+        self.shadow: Shadow | None = None
 
-    def _snapshot(self) -> None:
-        raise NotImplementedError
-
-    def _maybe_rebuild(self) -> None:
-        raise NotImplementedError
-
-    def _drop_snapshots(self) -> None:
-        raise NotImplementedError
-
-    # -- the re-index ------------------------------------------------------------------------
-
-    def begin_reindex(self, model: str, version: int, dim: int) -> None:
-        """Starts re-embedding every item with `model` `version` (vectors of `dim`) into a
-        shadow; resumes when that target is in progress already, starts over when another is.
-
-        FailedPrecondition if items were given as raw vectors (they have no source to embed);
-        InvalidInput for a collection of vectors only.
-        """
-        name = self.spec.name
-        if not self.spec.model:
-            raise InvalidInput(f"collection {name} holds vectors only: it has no model")
-        target = ModelVersion(model, version, dim)
-        with self._write:
-            if (model, version) == (self.spec.model, self.spec.version):
-                raise FailedPrecondition(f"collection {name} is at {model} version {version}")
-            if self._shadow is not None and self._shadow.target == target:
-                return
-            raw = self.store.count_kind("vector")
-            if raw:
-                raise FailedPrecondition(
-                    f"collection {name} holds {raw} items given as raw vectors: they cannot be "
-                    f"re-embedded with {model} version {version}"
-                )
-            self.store.begin_next(target.to_json())
-            self._shadow = Shadow.load(self.store, target, self.spec)
-        log.info("collection %s: re-indexing with %s version %d", name, model, version)
-
-    def cancel_reindex(self) -> None:
-        """Drops the re-index in progress, if any; the collection stays as it is."""
-        with self._write:
-            if self._shadow is not None:
-                self.store.cancel_next()
-                self._shadow = None
-
-    @property
-    def reindexing(self) -> ReindexState | None:
-        shadow = self._shadow
-        return shadow.state() if shadow is not None else None
-
-    @property
-    def reindex_target(self) -> ModelVersion | None:
-        """The version a re-index in progress embeds with (no counting: cheap)."""
-        shadow = self._shadow
-        return shadow.target if shadow is not None else None
-
-    def pending_sources(self, limit: int, after: int = 0) -> list[tuple[int, str, bytes | None]]:
-        """(row, source kind, source) of up to `limit` live rows after row `after` that lack a
-        vector of the target version, in row order; empty when none (or no re-index).
-
-        A row stays pending until `put_reindexed` stores it: a driver that embeds several
-        batches at once passes the last row it has in flight as `after`.
-        """
-        shadow = self._shadow
-        return shadow.pending(limit, after) if shadow is not None else []
-
-    def put_reindexed(
-        self, rows: np.ndarray, vectors: np.ndarray, version: int | None = None
-    ) -> int:
-        """Stores the target version's `vectors` (n, dim) of `rows` (n,) and indexes them in
-        the shadow; rows removed or replaced meanwhile are skipped (rows are never reused), as
-        is everything when no re-index (or one to another `version`) is in progress. Returns
-        how many were stored."""
-        rows = np.asarray(rows, np.int64).reshape(-1)
-        vectors = np.asarray(vectors, np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(rows):
-            raise InvalidInput(
-                f"{len(rows)} rows need ({len(rows)}, dim) vectors, got {vectors.shape}"
-            )
-        vectors = self._prepare(vectors)
-        with self._write:
-            shadow = self._shadow
-            if shadow is None or version not in (None, shadow.target.version) or not len(rows):
-                return 0
-            target = shadow.target
-            _check_dim(vectors, target.dim, f"{target.model} version {target.version}")
-            return shadow.put(rows, vectors)
-
-    def finish_reindex(self) -> bool:
-        """Swaps the shadow in, atomically and crash-safely, once every live row has a vector
-        of the target version: True when no re-index remains (swapped now, or none was in
-        progress); False, changing nothing, while a row lacks one or a rebuild runs."""
-        with self._snapshotting:
-            with self._deciding, self._write:
-                shadow = self._shadow
-                if shadow is None:
-                    return True
-                if self._rebuilding is not None:
-                    return False
-                new = shadow.target
-                if not self.store.swap_next(new.to_json(), new.dim, self._drop_snapshots):
-                    return False
-                spec = replace(self.spec, model=new.model, version=new.version, dim=new.dim)
-                with self._read:
-                    self.index, self.spec, self._shadow = shadow.index, spec, None
-                try:
-                    spec.save(self.folder)
-                except OSError:  # the database holds the version; `open` rewrites the spec
-                    log.exception("collection %s: could not save its spec", spec.name)
-            self._snapshot()
-        log.info("collection %s: now at %s version %d", spec.name, new.model, new.version)
-        self._maybe_rebuild()
-        return True
-
-    # -- helpers for Collection --------------------------------------------------------------
-
-    def _restore(self, spec: CollectionSpec) -> CollectionSpec:
+    def restore(self, spec: CollectionSpec, folder: Path) -> CollectionSpec:
         """`spec` with the model version the database records (a swap may have committed
-        without its spec being saved), and the re-index in progress loaded."""
-        raw = self.store.meta("current")
-        if raw is not None:
-            current = ModelVersion.from_json(raw)
-            if astuple(current) != (spec.model, spec.version, spec.dim):
-                spec = replace(spec, model=current.model, version=current.version, dim=current.dim)
-                spec.save(self.folder)
-                log.warning("collection %s: spec updated to %s", spec.name, current)
+        without its spec being saved in `folder`), and the re-index in progress loaded."""
+        current = self.table.current()
+        if current is not None and astuple(current) != (spec.model, spec.version, spec.dim):
+            spec = replace(spec, model=current.model, version=current.version, dim=current.dim)
+            spec.save(folder)
+            log.warning("collection %s: spec updated to %s", spec.name, current)
         self.store.dim = spec.dim
-        raw = self.store.meta("next")
-        self._shadow = (
-            None if raw is None else Shadow.load(self.store, ModelVersion.from_json(raw), spec)
-        )
+        target = self.table.target()
+        self.shadow = None if target is None else self._load(target, spec)
         return spec
 
-    def _route(
+    @property
+    def target(self) -> ModelVersion | None:
+        """The version a re-index in progress embeds with (no counting: cheap)."""
+        shadow = self.shadow
+        return shadow.target if shadow is not None else None
+
+    def state(self) -> ReindexState | None:
+        shadow = self.shadow
+        return shadow.state() if shadow is not None else None
+
+    def begin(self, spec: CollectionSpec, target: ModelVersion) -> None:
+        """Starts re-embedding every item of the collection `spec` describes with `target`;
+        resumes when that target is in progress already, starts over when another is.
+
+        FailedPrecondition if the collection is at `target` already, or holds items given as
+        raw vectors (they have no source to embed).
+        """
+        name, model, version = spec.name, target.model, target.version
+        if (model, version) == (spec.model, spec.version):
+            raise FailedPrecondition(f"collection {name} is at {model} version {version}")
+        if self.shadow is not None and self.shadow.target == target:
+            return
+        raw = self.store.count_kind("vector")
+        if raw:
+            raise FailedPrecondition(
+                f"collection {name} holds {raw} items given as raw vectors: they cannot be "
+                f"re-embedded with {model} version {version}"
+            )
+        self.table.begin(target)
+        self.shadow = self._load(target, spec)
+        log.info("collection %s: re-indexing with %s version %d", name, model, version)
+
+    def cancel(self) -> None:
+        """Drops the re-index in progress, if any."""
+        if self.shadow is not None:
+            self.table.cancel()
+            self.shadow = None
+
+    def pending(self, limit: int, after: int) -> list[tuple[int, str, bytes | None]]:
+        """(row, source kind, source) of up to `limit` live rows after row `after` that lack a
+        vector of the target version, in row order; empty when none (or no re-index)."""
+        shadow = self.shadow
+        return shadow.pending(limit, after) if shadow is not None else []
+
+    def put(self, rows: np.ndarray, vectors: np.ndarray, version: int | None) -> int:
+        """Stores the target version's `vectors` (n, dim) of `rows` (n,) and indexes them in
+        the shadow, skipping rows removed or replaced meanwhile; nothing when no re-index (or
+        one to another `version`) is in progress. How many were stored."""
+        shadow = self.shadow
+        if shadow is None or version not in (None, shadow.target.version) or not len(rows):
+            return 0
+        target = shadow.target
+        check_dim(vectors, target.dim, f"{target.model} version {target.version}")
+        return shadow.put(rows, vectors)
+
+    def route(
         self,
+        spec: CollectionSpec,
         items: Sequence[NewItem],
         vectors: np.ndarray,
         version: int | None,
         next_vectors: tuple[int, np.ndarray] | None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(the items' vectors, their target-version vectors for the shadow or None) of a
-        write of `vectors` from model `version` (if known); call under the write lock.
+        write of `vectors` from model `version` (if known) to the collection `spec`.
 
         While re-indexing, items given as raw vectors are refused (FailedPrecondition), and
         `next_vectors` go to the shadow if they come from the target version; otherwise the
@@ -293,7 +197,7 @@ class Reindexing:
         than `version` meanwhile, unless `next_vectors` come from the one it swapped to: they
         are then the items' vectors.
         """
-        spec, shadow = self.spec, self._shadow
+        shadow = self.shadow
         raw = sum(item.source_kind == "vector" for item in items)
         if shadow is not None and raw:
             raise FailedPrecondition(
@@ -303,36 +207,42 @@ class Reindexing:
             )
         next_version, next_ = next_vectors or (None, None)
         if next_ is not None:
-            next_ = self._prepare(np.asarray(next_))
+            next_ = spec.prepare(next_)
             if next_.ndim != 2 or len(next_) != len(items):
                 raise InvalidInput(f"{len(items)} items need ({len(items)}, dim) next vectors")
         if next_ is not None and shadow is None and next_version == spec.version != version:
             vectors, next_ = next_, None  # swapped after the writer embedded: next is current
         else:
             check_version(spec, version)
-        _check_dim(vectors, spec.dim, f"collection {spec.name}")
+        check_dim(vectors, spec.dim, f"collection {spec.name}")
         if next_ is None or shadow is None or next_version != shadow.target.version:
             return vectors, None  # the rows stay pending
         target = shadow.target
-        return vectors, _check_dim(next_, target.dim, f"{target.model} version {target.version}")
+        return vectors, check_dim(next_, target.dim, f"{target.model} version {target.version}")
 
+    def apply(self, written: Written, vectors: np.ndarray | None) -> None:
+        """Keeps the shadow in step with a store write (see `Shadow.apply`)."""
+        if self.shadow is not None:
+            self.shadow.apply(written, vectors)
 
-def check_version(spec: CollectionSpec, version: int | None) -> None:
-    """VersionChanged unless vectors from model `version` (None: unknown) fit `spec`."""
-    if version is not None and version != spec.version:
-        raise VersionChanged(
-            f"collection {spec.name} is at {spec.model} version {spec.version} now, "
-            f"not {version}: embed again"
-        )
+    def swap(
+        self, spec: CollectionSpec, before_commit: Callable[[], None]
+    ) -> tuple[CollectionSpec, VectorIndex] | None:
+        """Moves every item to its target-version vector in one transaction, `before_commit`
+        run last in it; returns the collection's new spec and index (the shadow's), which the
+        caller serves and then calls `end`. None, changing nothing, while a live row lacks a
+        vector of the target (or no re-index runs)."""
+        shadow = self.shadow
+        if shadow is None:
+            return None
+        new = shadow.target
+        if not self.table.swap(new, before_commit):
+            return None
+        return replace(spec, model=new.model, version=new.version, dim=new.dim), shadow.index
 
+    def end(self) -> None:
+        """Forgets the shadow once its index serves (after `swap`)."""
+        self.shadow = None
 
-def check_queries(spec: CollectionSpec, queries: np.ndarray, version: int | None) -> None:
-    """Queries (n, dim) from model `version` fit `spec`: VersionChanged or InvalidInput."""
-    check_version(spec, version)
-    _check_dim(queries, spec.dim, f"collection {spec.name}")
-
-
-def _check_dim(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
-    if vectors.shape[1] != dim:
-        raise InvalidInput(f"vectors have dim {vectors.shape[1]}; {what} has {dim}")
-    return vectors
+    def _load(self, target: ModelVersion, spec: CollectionSpec) -> Shadow:
+        return Shadow.load(self.table, target, spec, self.store.count())

@@ -17,6 +17,7 @@ import pytest
 
 from lens_server.collections import Collection, CollectionSpec, IndexConfig, NewItem, ReindexState
 from lens_server.collections.collection import SPEC, VersionChanged
+from lens_server.collections.snapshots import Snapshots
 from lens_server.errors import FailedPrecondition, InvalidInput
 
 DIMS = {1: 16, 2: 24, 3: 24}
@@ -195,7 +196,8 @@ def test_a_crash_during_the_reindex_resumes_where_it_was(tmp_path):
     again = Collection.open(tmp_path / "c")
     assert again.reindexing == ReindexState("m", 2, 24, done=80, total=199)
     assert again.spec.version == 1 and again.index.live == 199
-    assert again._shadow is not None and again._shadow.index.live == 80
+    shadow = again._reindexer.shadow
+    assert shadow is not None and shadow.index.live == 80
     again.begin_reindex("m", 2, 24)  # the same target: resumes
     assert again.reindexing is not None and again.reindexing.done == 80
     drive(again)
@@ -215,8 +217,8 @@ def test_a_crash_during_the_swap_leaves_one_version_or_the_other(tmp_path, monke
         raise Crash
 
     if where == "before-commit":  # the snapshots are gone, the database is not committed
-        drop = Collection._drop_snapshots
-        monkeypatch.setattr(Collection, "_drop_snapshots", lambda self: (drop(self), crash()))
+        drop = Snapshots.drop
+        monkeypatch.setattr(Snapshots, "drop", lambda self: (drop(self), crash()))
     elif where == "before-spec":  # committed; collection.json still says version 1
         monkeypatch.setattr(CollectionSpec, "save", crash)
     else:  # swapped and saved; no fresh snapshot yet
@@ -272,7 +274,8 @@ def test_refusals_and_cancel(tmp_path):
     c.cancel_reindex()  # none: nothing to do
     assert c.reindexing is None and c.describe()["reindex"] is None
     assert c.pending_sources(10) == [] and put(c, [(1, "text", b"x")]) == 0
-    assert c.store.progress_next() == (0, 50) and c.store.meta("next") is None
+    table = c._reindexer.table
+    assert table.progress() == (0, 50) and table.target() is None
     assert c.spec == CollectionSpec.load(c.folder) and c.spec.version == 1
     assert {r.id: r.vector for r in c.get(names(50))}.keys() == before.keys()
     for row in c.get(names(50)):
@@ -338,7 +341,8 @@ def test_an_ivf_pq_target_is_trained_after_the_swap(tmp_path):
     wait_rebuilt(c)
     assert c.index.kind == "ivf-pq"
     c.begin_reindex("m", 2, 24)
-    assert c._shadow is not None and c._shadow.index.kind == "flat"
+    shadow = c._reindexer.shadow
+    assert shadow is not None and shadow.index.kind == "flat"
     drive(c, batch=256)
     assert c.spec.dim == 24 and c.store.count() == 900
     wait_rebuilt(c)
