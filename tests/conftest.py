@@ -81,6 +81,8 @@ class ServerProcess:
                 str(repo),
                 "--port",
                 "0",
+                "--http-port",
+                "0",
                 "--collections",
                 str(self.collections),
                 *args,
@@ -91,6 +93,7 @@ class ServerProcess:
             env=env,
         )
         self.log: list[str] = []
+        self.http: str | None = None  # http://HOST:PORT, unless started with --no-http
         self.address = self._wait_listening()
 
     def _wait_listening(self, timeout: float = 120) -> str:
@@ -101,6 +104,8 @@ class ServerProcess:
             if not line:
                 break
             self.log.append(line)
+            if match := re.search(r"HTTP/JSON API on (http://\S+)", line):
+                self.http = match.group(1)
             if match := re.search(r"lens serving .* on (\S+):(\d+)", line):
                 return f"{match.group(1)}:{match.group(2)}"
         self.stop()

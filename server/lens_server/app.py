@@ -1,4 +1,5 @@
-"""Wires configuration → repository → registry (runtimes, batchers) → gRPC servicers."""
+"""Wires configuration → repository → registry (runtimes, batchers) → the core → the gRPC
+servicers and the HTTP routes, both front doors in one event loop."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from lens_server.collections import Collections
 from lens_server.config import ServerConfig
 from lens_server.core import Core
 from lens_server.deploy import Deployments
-from lens_server.registry import Registry
+from lens_server.http import HttpServer, build_app
+from lens_server.http.fetch import FetchConfig
+from lens_server.registry import Registry, State
 from lens_server.repository import Repository
 from lens_server.services.classify import ClassifiersServicer
 from lens_server.services.index import IndexServicer
@@ -35,6 +38,7 @@ from lens_server.services.inference import InferenceServicer
 from lens_server.services.models import ModelsServicer
 
 log = logging.getLogger(__name__)
+_LOADED = (State.READY, State.SERVING)
 
 SERVICES = (
     inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
@@ -45,11 +49,14 @@ SERVICES = (
 
 
 class LensServer:
-    """The gRPC server and everything it serves; `start`, then `wait` or `stop`."""
+    """The gRPC and HTTP servers and everything they serve; `start`, then `wait` or `stop`."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.port = 0
+        self.http_port = 0
+        self._http: HttpServer | None = None
+        self._stopping = False
         self._decode_pool = ThreadPoolExecutor(
             config.runtime.decode_workers, thread_name_prefix="decode"
         )
@@ -100,17 +107,49 @@ class LensServer:
         if self.port == 0:
             raise OSError(f"could not listen on {self.config.host}:{self.config.port}")
         await server.start()
+        if self.config.http_port >= 0:
+            app = build_app(
+                core,
+                self.readiness,
+                self.config.limits.max_message_bytes,
+                FetchConfig(allow=self.config.allow_url_fetch),
+            )
+            self._http = HttpServer(
+                app, self.config.host, self.config.http_port, self.config.grace_s
+            )
+            self.http_port = await self._http.start()
         for service in ("", *SERVICES):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def readiness(self) -> str:
+        """'' once the default model and every version a collection is pinned to serve or
+        are loaded; else why not."""
+        if self._stopping:
+            return "shutting down"
+        registry = self.registry
+        wanted: dict[str, set[int]] = (
+            {registry.default_model: set()} if registry.default_model else {}
+        )
+        for name, versions in {**wanted, **self.deployments.pinned()}.items():
+            if name and not registry.serving_version(name):
+                return f"model {name} is not serving"
+            loaded = {s.version for s in registry.statuses(name) if s.state in _LOADED}
+            if missing := sorted(versions - loaded):
+                return f"model {name} version {missing[0]} (a collection's) is not loaded"
+        return ""
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
 
     async def stop(self) -> None:
         """Stops taking calls, lets those in flight finish (up to `grace_s`), unloads."""
+        self._stopping = True
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.config.grace_s)
+        # Both front doors drain at once, each within grace_s.
+        await asyncio.gather(
+            self._server.stop(self.config.grace_s), *([self._http.stop()] if self._http else [])
+        )
         if self._watcher:
             self._watcher.cancel()
         await self.deployments.close()  # re-indexes resume at the next start
@@ -126,6 +165,8 @@ async def serve(config: ServerConfig) -> None:
     models = server.registry.repo.models()
     if server.registry.default_model:
         print(f"default model: {describe_default(server.registry)}", flush=True)
+    if server.http_port:
+        print(f"HTTP/JSON API on http://{config.host}:{server.http_port}", flush=True)
     print(
         f"lens serving {len(models)} model(s) and {len(server.collections.names())} "
         f"collection(s) on {config.host}:{port} "

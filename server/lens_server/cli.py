@@ -18,7 +18,16 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 50051,
+    port: Annotated[int, typer.Option(help="gRPC port to listen on (0: any free port).")] = 50051,
+    http_port: Annotated[
+        int,
+        typer.Option(help="HTTP/JSON port on the same host (0: any free port, -1: no HTTP)."),
+    ] = 8080,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve gRPC only.")] = False,
+    allow_url_fetch: Annotated[
+        bool,
+        typer.Option(help="Let image inputs be http(s) URLs the server fetches (public only)."),
+    ] = False,
     repo: Repo = Path("models"),
     collections: Annotated[
         Path, typer.Option(envvar="LENS_COLLECTIONS", help="Folder of the collections.")
@@ -72,7 +81,7 @@ def serve(
     ] = 10.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Serve the models of a repository over gRPC."""
+    """Serve the models of a repository over gRPC and HTTP/JSON."""
     import asyncio
 
     from lens_server.app import serve as run
@@ -94,6 +103,8 @@ def serve(
             collections=collections,
             host=host,
             port=port,
+            http_port=-1 if no_http else http_port,
+            allow_url_fetch=allow_url_fetch,
             default_model=default_model,
             batch=BatchConfig(
                 max_batch_size or (256 if cuda_available() else 32),

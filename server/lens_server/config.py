@@ -113,6 +113,10 @@ class ServerConfig:
     collections: Path = Path("collections")
     host: str = "127.0.0.1"
     port: int = 50051
+    # The HTTP/JSON front door, on the same host: 0 any free port, -1 off.
+    http_port: int = 8080
+    # Whether image inputs may be http(s) URLs the server fetches (public addresses only).
+    allow_url_fetch: bool = False
     # The model requests without a model name get; None: the only model of the repository.
     default_model: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -131,6 +135,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not -1 <= self.http_port < 65536:
+            raise ValueError(f"http_port must be in 0..65535, or -1 for none; got {self.http_port}")
         if self.memory_budget_bytes < 0:
             raise ValueError(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.poll_s < 0:

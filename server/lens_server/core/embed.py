@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from lens_server.config import ServerConfig
 from lens_server.errors import FailedPrecondition, InvalidInput
 from lens_server.model import Input, LoadedVersion
 from lens_server.registry import Registry
+from lens_server.vectors import l2_normalize
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,21 @@ class Embedding:
         version: int = 0,
         deadline: float | None = None,
         pinned: LoadedVersion | None = None,
+        dimensions: int = 0,
     ) -> Embedded:
         """Images (encoded bytes) and texts (str) through `model:version` (the default model
         and its serving version where not given), or through `pinned` where a caller holds a
-        version already (a stream keeps one version for all its requests)."""
+        version already (a stream keeps one version for all its requests). `dimensions`
+        truncates each vector to its first dimensions and normalises it again, for a model
+        trained with nested (Matryoshka) dimensions; 0: the model's own."""
         self.check(inputs)
-        if pinned is not None:
-            vectors = await pinned.embed(list(inputs), deadline)
-            return Embedded(pinned.name, pinned.version, vectors)
-        with self.registry.lease(model, version) as loaded:
+        with contextlib.ExitStack() as held:
+            loaded = pinned or held.enter_context(self.registry.lease(model, version))
+            _check_dimensions(loaded, dimensions)
             vectors = await loaded.embed(list(inputs), deadline)
-            return Embedded(loaded.name, loaded.version, vectors)
+        if dimensions and dimensions != vectors.shape[1]:
+            vectors = l2_normalize(vectors[:, :dimensions])
+        return Embedded(loaded.name, loaded.version, vectors)
 
     def check(self, inputs: Sequence[Input]) -> None:
         """Refuses an empty request, too many inputs, or a text over the length limit."""
@@ -74,3 +80,22 @@ class Embedding:
                     f"model {loaded.name} version {loaded.version} has no text tower"
                 )
             return loaded.text.lengths(list(texts))
+
+
+def _check_dimensions(model: LoadedVersion, dimensions: int) -> None:
+    """Refuses `dimensions` above the model's, or below it for a model whose manifest does not
+    declare nested dimensions (`extra.nested_dims`: the sizes its training made meaningful)."""
+    dim = model.manifest.dim
+    if not dimensions or dimensions == dim:
+        return
+    nested = model.manifest.extra.get("nested_dims") or []
+    if dimensions > dim:
+        raise InvalidInput(f"dimensions {dimensions} is above model {model.name}'s {dim}")
+    if not nested:
+        raise InvalidInput(
+            f"dimensions {dimensions}: model {model.name} was not trained with nested "
+            f"(Matryoshka) dimensions, so only its full {dim} are meaningful"
+        )
+    if dimensions not in nested:
+        shown = ", ".join(str(n) for n in sorted(nested))
+        raise InvalidInput(f"dimensions {dimensions}: model {model.name} nests {shown}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from lens_server.deploy import Deployments, DeployResult
 from lens_server.registry import Registry, VersionStatus
@@ -21,6 +22,37 @@ class ModelInfo:
     kind: str
     dim: int
     modalities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a version's manifest says of it, as both front doors report it."""
+
+    source: str = ""  # "type:arch"
+    created: int = 0  # Unix time the version was written
+    image_size: int = 0
+    context_length: int = 0
+    image_parity: float = 0.0
+    text_parity: float = 0.0
+
+
+def facts(status: VersionStatus) -> Facts:
+    manifest = status.manifest
+    if manifest is None:
+        return Facts()
+    source = manifest.source
+    try:
+        created = int(datetime.fromisoformat(manifest.created).timestamp())
+    except ValueError:
+        created = 0
+    return Facts(
+        source=":".join(str(source[k]) for k in ("type", "arch") if source.get(k)),
+        created=created,
+        image_size=manifest.image.size if manifest.image else 0,
+        context_length=manifest.text.context_length if manifest.text else 0,
+        image_parity=manifest.parity.get("image", {}).get("min_cosine", 0.0),
+        text_parity=manifest.parity.get("text", {}).get("min_cosine", 0.0),
+    )
 
 
 @dataclass(frozen=True)

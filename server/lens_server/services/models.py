@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from lens.v1 import common_pb2, models_pb2, models_pb2_grpc
 
-from lens_server.core.models import Deployed, ModelInfo, Models
+from lens_server.core.models import Deployed, ModelInfo, Models, facts
 from lens_server.registry import State, VersionStatus
 from lens_server.services.status import unary
 
@@ -126,11 +126,10 @@ def _version(status: VersionStatus) -> models_pb2.VersionInfo:
             for modality, choice in status.runtimes.items()
         ],
     )
-    if manifest := status.manifest:
-        info.image_size = manifest.image.size if manifest.image else 0
-        info.context_length = manifest.text.context_length if manifest.text else 0
-        source = manifest.source
-        info.source = ":".join(str(source[k]) for k in ("type", "arch") if source.get(k))
-        info.image_parity = manifest.parity.get("image", {}).get("min_cosine", 0.0)
-        info.text_parity = manifest.parity.get("text", {}).get("min_cosine", 0.0)
+    known = facts(status)
+    info.source = known.source
+    info.image_size = known.image_size
+    info.context_length = known.context_length
+    info.image_parity = known.image_parity
+    info.text_parity = known.text_parity
     return info

@@ -1,0 +1,58 @@
+"""uvicorn in the running event loop: the HTTP front door beside `grpc.aio`, one process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+
+from lens_server.http.guard import ASGIApp
+
+
+class HttpServer:
+    """Serves an ASGI app on `host:port` (0: any free port) until `stop`."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, grace_s: float = 5.0) -> None:
+        self.host, self.port = host, port
+        self._config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=max(1, round(grace_s)),
+        )
+        self._server = uvicorn.Server(self._config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Listens and returns the port. The socket is bound here (not by uvicorn) so that
+        port 0 gives the port chosen, and uvicorn installs no signal handlers of its own."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"could not listen on {self.host}:{self.port} for HTTP: {e}") from e
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        # uvicorn's own `serve` would install its signal handlers over the server's; these
+        # are the steps it takes inside them.
+        self._config.load()
+        self._server.lifespan = self._config.lifespan_class(self._config)
+        await self._server.startup(sockets=[sock])
+        self._task = asyncio.get_running_loop().create_task(self._server.main_loop())
+        return self.port
+
+    async def stop(self) -> None:
+        """Stops taking connections and lets open requests finish."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        await self._server.shutdown()
+        self._task = None
