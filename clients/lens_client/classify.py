@@ -1,4 +1,5 @@
-"""Classification calls of `LensClient`: zero-shot, saved and few-shot classifiers.
+"""Classification calls of both clients: zero-shot, saved and few-shot classifiers (awaited in
+`AsyncLensClient`).
 
 lens.classify(["cat.jpg"], labels=["cat", "dog"], templates="openai-imagenet")
 lens.create_classifier("pets", labels=["cat", "dog"])
@@ -14,7 +15,7 @@ from typing import Any
 from lens.v1 import classifiers_pb2, inference_pb2
 
 from lens_client import codec
-from lens_client.codec import ImageLike, rpc_errors
+from lens_client.codec import Call, ImageLike, rpc
 
 
 def labels_message(
@@ -34,7 +35,7 @@ class ClassifyCalls:
     timeout: float
     model: str | None
 
-    @rpc_errors
+    @rpc
     def classify(
         self,
         images: Sequence[ImageLike],
@@ -46,7 +47,7 @@ class ClassifyCalls:
         multi_label: bool = False,
         threshold: float = 0.5,
         model: str | None = None,
-    ) -> list[list[dict[str, Any]]]:
+    ) -> Call[list[list[dict[str, Any]]]]:
         """Per image, `[{"label", "probability", "similarity"}]`, most probable first."""
         if (labels is None) == (classifier is None):
             raise ValueError("give labels or a classifier name")
@@ -61,16 +62,9 @@ class ClassifyCalls:
             request.saved = classifier
         else:
             request.labels.CopyFrom(labels_message(labels or (), templates))
-        response = self._inference.Classify(request, timeout=self.timeout)
-        return [
-            [
-                {"label": s.label, "probability": s.probability, "similarity": s.similarity}
-                for s in result.labels
-            ]
-            for result in response.results
-        ]
+        return Call(self._inference.Classify, request, scores, self.timeout)
 
-    @rpc_errors
+    @rpc
     def create_classifier(
         self,
         name: str,
@@ -80,7 +74,7 @@ class ClassifyCalls:
         examples: Mapping[str, Sequence[ImageLike]] | None = None,
         text_weight: float = 0.0,
         model: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Call[dict[str, Any]]:
         """A saved classifier: zero-shot from `labels`, or few-shot from `examples`
         (label → images), optionally mixed with the labels' zero-shot weights."""
         if (labels is None) == (examples is None):
@@ -105,28 +99,34 @@ class ClassifyCalls:
                     templates=part.templates,
                 )
             )
-        return classifier_dict(self._classifiers.CreateClassifier(request, timeout=None))
+        # No deadline: a few-shot classifier embeds every example first.
+        return Call(self._classifiers.CreateClassifier, request, classifier_dict, None)
 
-    @rpc_errors
-    def classifiers(self) -> list[dict[str, Any]]:
-        response = self._classifiers.ListClassifiers(
-            classifiers_pb2.ListClassifiersRequest(), timeout=self.timeout
-        )
-        return [classifier_dict(c) for c in response.classifiers]
+    @rpc
+    def classifiers(self) -> Call[list[dict[str, Any]]]:
+        request = classifiers_pb2.ListClassifiersRequest()
+        return Call(self._classifiers.ListClassifiers, request, _classifier_list, self.timeout)
 
-    @rpc_errors
-    def get_classifier(self, name: str) -> dict[str, Any]:
-        return classifier_dict(
-            self._classifiers.GetClassifier(
-                classifiers_pb2.ClassifierRequest(name=name), timeout=self.timeout
-            )
-        )
+    @rpc
+    def get_classifier(self, name: str) -> Call[dict[str, Any]]:
+        request = classifiers_pb2.ClassifierRequest(name=name)
+        return Call(self._classifiers.GetClassifier, request, classifier_dict, self.timeout)
 
-    @rpc_errors
-    def delete_classifier(self, name: str) -> None:
-        self._classifiers.DeleteClassifier(
-            classifiers_pb2.ClassifierRequest(name=name), timeout=self.timeout
-        )
+    @rpc
+    def delete_classifier(self, name: str) -> Call[None]:
+        request = classifiers_pb2.ClassifierRequest(name=name)
+        return Call(self._classifiers.DeleteClassifier, request, codec.nothing, self.timeout)
+
+
+def scores(response: inference_pb2.ClassifyResponse) -> list[list[dict[str, Any]]]:
+    """Per image, `[{"label", "probability", "similarity"}]`, most probable first."""
+    return [
+        [
+            {"label": s.label, "probability": s.probability, "similarity": s.similarity}
+            for s in result.labels
+        ]
+        for result in response.results
+    ]
 
 
 def classifier_dict(info: classifiers_pb2.ClassifierInfo) -> dict[str, Any]:
@@ -139,3 +139,7 @@ def classifier_dict(info: classifiers_pb2.ClassifierInfo) -> dict[str, Any]:
         "shots": info.shots,
         "versions": list(info.versions),
     }
+
+
+def _classifier_list(response: classifiers_pb2.ListClassifiersResponse) -> list[dict[str, Any]]:
+    return [classifier_dict(c) for c in response.classifiers]

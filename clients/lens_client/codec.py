@@ -1,20 +1,24 @@
-"""What the sync and asyncio clients share: channels, inputs → requests, responses → numpy."""
+"""What the sync and asyncio clients share: channels, calls described once (`Call`, `rpc`),
+inputs → requests, responses → numpy."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import types
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import grpc
 import numpy as np
 from lens.v1 import common_pb2, inference_pb2, models_pb2
 from PIL import Image
+from tqdm import tqdm
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -36,20 +40,110 @@ class LensClientError(Exception):
         return cls(error.code(), error.details() or "")
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+U = TypeVar("U")
+P = ParamSpec("P")
 
 
-def rpc_errors(method: F) -> F:
-    """Raises LensClientError (code and message) where the call raised grpc.RpcError."""
+@dataclass(frozen=True)
+class Progress:
+    """A progress bar over a call's responses; `count`: the items one response stands for."""
 
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except grpc.RpcError as e:
-            raise LensClientError.from_rpc(e) from None
+    total: int | None
+    unit: str
+    count: Callable[[Any], int]
 
-    return call  # type: ignore[return-value]
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One RPC described, not yet made, so that both clients make the same one: `LensClient`
+    blocking, `AsyncLensClient` awaited, each on its own channel's stub (`method`)."""
+
+    method: Any  # a stub's multi-callable: the client's own, sync or asyncio
+    request: Any  # a message; for a `stream` call, an iterator of messages
+    decode: Callable[[Any], T]  # the response → the result; of a stream, the list of responses
+    timeout: float | None  # seconds; None: no deadline (jobs of unknown length)
+    stream: bool = False  # messages go and come as streams
+    progress: Progress | None = None
+
+    def then(self, step: Callable[[T], U]) -> Call[U]:
+        """The same call, its result passed through `step`."""
+        decode = self.decode
+
+        def chained(answer: Any) -> U:
+            return step(decode(answer))
+
+        return Call(self.method, self.request, chained, self.timeout, self.stream, self.progress)
+
+
+def nothing(response: object) -> None:
+    """The decode of a call whose answer says nothing more than that it succeeded."""
+    return None
+
+
+class Responses(Generic[T]):
+    """A call's responses as they come, counted on its progress bar, then decoded. In the `with`
+    block, a gRPC error becomes a LensClientError (the status and its message)."""
+
+    def __init__(self, call: Call[T]) -> None:
+        self.call = call
+        self._received: list[Any] = []
+        progress = call.progress
+        self._bar = tqdm(
+            total=progress.total if progress else None,
+            unit=progress.unit if progress else "it",
+            disable=progress is None,
+        )
+
+    def add(self, response: Any) -> None:
+        self._received.append(response)
+        if self.call.progress is not None:
+            self._bar.update(self.call.progress.count(response))
+
+    def result(self) -> T:
+        return self.call.decode(self._received if self.call.stream else self._received[0])
+
+    def __enter__(self) -> Responses[T]:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        self._bar.close()
+        if isinstance(error, grpc.RpcError):
+            raise LensClientError.from_rpc(error) from None
+
+
+class _Blocking(Protocol):
+    def _run(self, make: Callable[[], Call[U]]) -> U: ...
+
+
+class _Awaited(Protocol):
+    def _run(self, make: Callable[[], Call[U]]) -> Coroutine[Any, Any, U]: ...
+
+
+class rpc(Generic[P, T]):  # lower case: used as a decorator
+    """A client method written once for both clients: the decorated method builds the `Call`,
+    and the client it is read from makes it, through its `_run`: `LensClient`'s returns the
+    result, `AsyncLensClient`'s a coroutine of it. Argument errors (ValueError) come from
+    building, so the asyncio client raises them when awaited, as a coroutine would."""
+
+    def __init__(self, build: Callable[Concatenate[Any, P], Call[T]]) -> None:
+        def method(lens: Any, /, *args: Any, **kwargs: Any) -> Any:
+            return lens._run(functools.partial(build, lens, *args, **kwargs))
+
+        functools.update_wrapper(method, build)
+        # help() and inspect show the arguments, not the Call that `build` returns.
+        signature = inspect.signature(build).replace(return_annotation=inspect.Signature.empty)
+        method.__signature__ = signature  # type: ignore[attr-defined]
+        self._method = method
+
+    @overload
+    def __get__(self, lens: None, owner: type) -> Callable[..., Any]: ...
+    @overload
+    def __get__(self, lens: _Awaited, owner: type) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def __get__(self, lens: _Blocking, owner: type) -> Callable[P, T]: ...
+    def __get__(self, lens: Any, owner: type) -> Any:
+        return self._method if lens is None else types.MethodType(self._method, lens)
 
 
 @dataclass(frozen=True)

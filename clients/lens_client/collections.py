@@ -1,4 +1,5 @@
-"""Collection calls of `LensClient`: create, upsert, search, deduplicate.
+"""Collection calls of both clients: create, upsert, search, deduplicate (awaited in
+`AsyncLensClient`).
 
 lens.create_collection("photos", index="hnsw")
 lens.upsert("photos", ids=paths, images=paths, metadata=[{"album": "2024"}] * len(paths))
@@ -7,6 +8,7 @@ hits = lens.search("photos", text="a cat on a sofa", k=5, filter={"album": "2024
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -14,10 +16,9 @@ from typing import Any
 
 import numpy as np
 from lens.v1 import common_pb2, index_pb2
-from tqdm import tqdm
 
 from lens_client import codec
-from lens_client.codec import ImageLike, rpc_errors
+from lens_client.codec import Call, ImageLike, rpc
 
 _METRICS = {
     "cosine": index_pb2.METRIC_COSINE,
@@ -32,7 +33,7 @@ class CollectionCalls:
     _index: Any
     timeout: float
 
-    @rpc_errors
+    @rpc
     def create_collection(
         self,
         name: str,
@@ -42,7 +43,7 @@ class CollectionCalls:
         index: str = "auto",
         dim: int = 0,
         **params: int,
-    ) -> dict[str, Any]:
+    ) -> Call[dict[str, Any]]:
         """A new collection pinned to `model` (`NAME[:VERSION]`, default: the server's
         default model), or of raw vectors of length `dim`. `params`: IndexSpec fields such as
         `hnsw_m=32`, `ivf_nlist=1024`, `pq_m=64`."""
@@ -55,32 +56,31 @@ class CollectionCalls:
             model=codec.parse_model(model) if not dim or model else common_pb2.ModelRef(),
             index=index_pb2.IndexSpec(type=index, **params),
         )
-        return collection_dict(self._index.CreateCollection(request, timeout=self.timeout))
+        return Call(self._index.CreateCollection, request, collection_dict, self.timeout)
 
-    @rpc_errors
-    def collections(self) -> list[dict[str, Any]]:
-        response = self._index.ListCollections(
-            index_pb2.ListCollectionsRequest(), timeout=self.timeout
-        )
-        return [collection_dict(c) for c in response.collections]
+    @rpc
+    def collections(self) -> Call[list[dict[str, Any]]]:
+        request = index_pb2.ListCollectionsRequest()
+        return Call(self._index.ListCollections, request, _collection_list, self.timeout)
 
-    @rpc_errors
-    def describe_collection(self, name: str) -> dict[str, Any]:
+    @rpc
+    def describe_collection(self, name: str) -> Call[dict[str, Any]]:
         request = index_pb2.CollectionRequest(name=name)
-        return collection_dict(self._index.DescribeCollection(request, timeout=self.timeout))
+        return Call(self._index.DescribeCollection, request, collection_dict, self.timeout)
 
-    @rpc_errors
-    def drop_collection(self, name: str) -> None:
-        self._index.DropCollection(index_pb2.CollectionRequest(name=name), timeout=self.timeout)
+    @rpc
+    def drop_collection(self, name: str) -> Call[None]:
+        request = index_pb2.CollectionRequest(name=name)
+        return Call(self._index.DropCollection, request, codec.nothing, self.timeout)
 
-    @rpc_errors
-    def reindex_collection(self, name: str, version: int = 0) -> dict[str, Any]:
+    @rpc
+    def reindex_collection(self, name: str, version: int = 0) -> Call[dict[str, Any]]:
         """Re-embeds the collection with another version of its model (0: the serving one),
         in the background; `describe_collection(name)["reindex"]` shows the progress."""
         request = index_pb2.ReindexRequest(name=name, version=version)
-        return collection_dict(self._index.Reindex(request, timeout=self.timeout))
+        return Call(self._index.Reindex, request, collection_dict, self.timeout)
 
-    @rpc_errors
+    @rpc
     def upsert(
         self,
         collection: str,
@@ -92,7 +92,7 @@ class CollectionCalls:
         metadata: Sequence[dict[str, Any]] | None = None,
         batch_size: int = 64,
         progress: bool = False,
-    ) -> int:
+    ) -> Call[int]:
         """Adds or replaces items; exactly one of images, texts or vectors, one per id.
         Returns the number written. Each batch is acknowledged once it is on disk."""
         contents = [c for c in (images, texts, vectors) if c is not None]
@@ -105,37 +105,28 @@ class CollectionCalls:
             index_pb2.UpsertRequest(collection=collection, items=list(chunk))
             for chunk in _batched(items, batch_size)
         )
-        written = 0
-        with tqdm(total=len(ids), unit="item", disable=not progress) as bar:
-            for response in self._index.UpsertStream(requests, timeout=None):
-                bar.update(response.upserted)
-                written += response.upserted
-        return written
+        bar = codec.Progress(len(ids), "item", _upserted) if progress else None
+        return Call(self._index.UpsertStream, requests, _written, None, stream=True, progress=bar)
 
-    @rpc_errors
-    def delete(self, collection: str, ids: Sequence[str]) -> int:
+    @rpc
+    def delete(self, collection: str, ids: Sequence[str]) -> Call[int]:
+        """Removes items by id; returns how many were there."""
         request = index_pb2.DeleteRequest(collection=collection, ids=list(ids))
-        return int(self._index.Delete(request, timeout=self.timeout).deleted)
+        return Call(self._index.Delete, request, _deleted, self.timeout)
 
-    @rpc_errors
+    @rpc
     def get(
         self, collection: str, ids: Sequence[str], *, include_vectors: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> Call[list[dict[str, Any]]]:
+        """Items by id (`{"id", "metadata", "source"}`, with `"vector"` if asked), in the
+        order asked; ids not present are left out."""
         request = index_pb2.GetRequest(
             collection=collection, ids=list(ids), include_vectors=include_vectors
         )
-        items = self._index.Get(request, timeout=self.timeout).items
-        return [
-            {
-                "id": it.id,
-                "metadata": json.loads(it.metadata_json or "{}"),
-                "source": it.source,
-                **({"vector": np.array(it.vector.values, np.float32)} if include_vectors else {}),
-            }
-            for it in items
-        ]
+        decode = functools.partial(items_list, vectors=include_vectors)
+        return Call(self._index.Get, request, decode, self.timeout)
 
-    @rpc_errors
+    @rpc
     def search(
         self,
         collection: str,
@@ -147,7 +138,7 @@ class CollectionCalls:
         k: int = 10,
         filter: dict[str, Any] | None = None,
         exact: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> Call[list[dict[str, Any]]]:
         """The k nearest items to one query: `{"id", "score", "metadata"}`, closest first."""
         request = index_pb2.SearchRequest(
             collection=collection,
@@ -156,9 +147,9 @@ class CollectionCalls:
             filter_json=json.dumps(filter) if filter else "",
             exact=exact,
         )
-        return hits(self._index.Search(request, timeout=self.timeout))
+        return Call(self._index.Search, request, hits, self.timeout)
 
-    @rpc_errors
+    @rpc
     def search_batch(
         self,
         collection: str,
@@ -167,8 +158,8 @@ class CollectionCalls:
         k: int = 10,
         filter: dict[str, Any] | None = None,
         exact: bool = False,
-    ) -> list[list[dict[str, Any]]]:
-        """Many vector queries in one call."""
+    ) -> Call[list[list[dict[str, Any]]]]:
+        """Many vector queries in one call: per query, its hits as `search` gives them."""
         request = index_pb2.SearchBatchRequest(
             collection=collection,
             queries=[query(vector=v) for v in np.asarray(vectors)],
@@ -176,20 +167,18 @@ class CollectionCalls:
             filter_json=json.dumps(filter) if filter else "",
             exact=exact,
         )
-        return [hits(r) for r in self._index.SearchBatch(request, timeout=self.timeout).results]
+        return Call(self._index.SearchBatch, request, _hits_lists, self.timeout)
 
-    @rpc_errors
+    @rpc
     def find_duplicates(
         self, collection: str, threshold: float, max_pairs: int = 0
-    ) -> dict[str, Any]:
+    ) -> Call[dict[str, Any]]:
+        """Pairs of items at least `threshold` similar, `(a, b, score)`, and the groups of
+        ids they join into. No deadline: a range search over a large collection takes time."""
         request = index_pb2.FindDuplicatesRequest(
             collection=collection, threshold=threshold, max_pairs=max_pairs
         )
-        response = self._index.FindDuplicates(request, timeout=None)
-        return {
-            "pairs": [(p.a, p.b, p.score) for p in response.pairs],
-            "groups": [list(g.ids) for g in response.groups],
-        }
+        return Call(self._index.FindDuplicates, request, duplicates_dict, None)
 
 
 def query(
@@ -219,6 +208,26 @@ def hits(response: index_pb2.SearchResponse) -> list[dict[str, Any]]:
     ]
 
 
+def items_list(response: index_pb2.GetResponse, vectors: bool) -> list[dict[str, Any]]:
+    """The items of a Get, with their vectors if `vectors` (if the request asked for them)."""
+    return [
+        {
+            "id": it.id,
+            "metadata": json.loads(it.metadata_json or "{}"),
+            "source": it.source,
+            **({"vector": np.array(it.vector.values, np.float32)} if vectors else {}),
+        }
+        for it in response.items
+    ]
+
+
+def duplicates_dict(response: index_pb2.FindDuplicatesResponse) -> dict[str, Any]:
+    return {
+        "pairs": [(p.a, p.b, p.score) for p in response.pairs],
+        "groups": [list(g.ids) for g in response.groups],
+    }
+
+
 def collection_dict(info: index_pb2.CollectionInfo) -> dict[str, Any]:
     metric = index_pb2.Metric.Name(info.metric).removeprefix("METRIC_").lower()
     return {
@@ -244,6 +253,26 @@ def collection_dict(info: index_pb2.CollectionInfo) -> dict[str, Any]:
         if info.HasField("reindex")
         else None,
     }
+
+
+def _collection_list(response: index_pb2.ListCollectionsResponse) -> list[dict[str, Any]]:
+    return [collection_dict(c) for c in response.collections]
+
+
+def _hits_lists(response: index_pb2.SearchBatchResponse) -> list[list[dict[str, Any]]]:
+    return [hits(r) for r in response.results]
+
+
+def _written(responses: list[index_pb2.UpsertResponse]) -> int:
+    return sum(r.upserted for r in responses)
+
+
+def _upserted(response: index_pb2.UpsertResponse) -> int:
+    return response.upserted
+
+
+def _deleted(response: index_pb2.DeleteResponse) -> int:
+    return int(response.deleted)
 
 
 def _items(ids, images, texts, vectors, metadata) -> Iterator[index_pb2.Item]:
