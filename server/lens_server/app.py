@@ -87,7 +87,7 @@ class LensServer:
             self._watcher = asyncio.get_running_loop().create_task(self.registry.watch())
         server, core = self._server, self.core
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(core, self.registry, self.config), server
+            InferenceServicer(core, self.config), server
         )
         classifiers_pb2_grpc.add_ClassifiersServicer_to_server(
             ClassifiersServicer(core.classification), server

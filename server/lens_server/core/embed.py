@@ -53,6 +53,14 @@ class Embedding:
             vectors = l2_normalize(vectors[:, :dimensions])
         return Embedded(loaded.name, loaded.version, vectors)
 
+    def hold(
+        self, model: str = "", version: int = 0
+    ) -> contextlib.AbstractContextManager[LoadedVersion]:
+        """The version `model:version` resolves to now, kept loaded until the context ends,
+        for a caller that sends several requests through one version (`embed(pinned=...)`):
+        a deploy in the middle of a stream does not split it across versions."""
+        return self.registry.lease(model, version)
+
     def check(self, inputs: Sequence[Input]) -> None:
         """Refuses an empty request, too many inputs, or a text over the length limit."""
         limits = self.config.limits

@@ -14,7 +14,6 @@ from lens_server.config import ServerConfig
 from lens_server.core import Core
 from lens_server.errors import InvalidInput
 from lens_server.model import Input, LoadedVersion
-from lens_server.registry import Registry
 from lens_server.services.classify import classify
 from lens_server.services.status import deadline_of, streaming, unary
 
@@ -26,10 +25,9 @@ def to_matrix(x: np.ndarray) -> common_pb2.Matrix:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, core: Core, registry: Registry, config: ServerConfig) -> None:
+    def __init__(self, core: Core, config: ServerConfig) -> None:
         self.embedding = core.embedding
         self.classification = core.classification
-        self.registry = registry
         self.config = config
 
     @unary
@@ -64,7 +62,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     await window.acquire()
                     ref = (request.model.name, request.model.version)
                     if ref not in pinned:
-                        pinned[ref] = held.enter_context(self.registry.lease(*ref))
+                        pinned[ref] = held.enter_context(self.embedding.hold(*ref))
                     task = asyncio.create_task(self._embed(request, context, pinned[ref]))
                     await pending.put(task)
             finally:
