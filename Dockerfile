@@ -35,7 +35,7 @@ ENV PATH=/opt/lens/bin:$PATH LENS_REPO=/models PYTHONUNBUFFERED=1
 USER 10001:10001
 WORKDIR /home/lens
 VOLUME ["/models"]
-EXPOSE 50051
+EXPOSE 50051 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["lens", "health", "--server", "127.0.0.1:50051"]
 ENTRYPOINT ["lens"]
