@@ -24,6 +24,9 @@ class FetchConfig:
     allow: bool = False
     max_bytes: int = 32 * 1024 * 1024
     timeout_s: float = 10.0
+    # Refuse addresses that are not public (loopback, private, link-local, reserved). Only a
+    # test of the fetching itself, against a server on loopback, turns this off.
+    public_only: bool = True
 
 
 class Fetcher:
@@ -38,7 +41,7 @@ class Fetcher:
     async def _fetch(self, url: str, where: str) -> bytes:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = await _public_address(parts.hostname or "", port, where)
+        address = await _address(parts.hostname or "", port, where, self.config.public_only)
         # Plain HTTP connects to the address checked above, not to a second lookup of the
         # name; HTTPS needs the name for its certificate, and the certificate vouches for it.
         if parts.scheme == "http":
@@ -65,7 +68,7 @@ class Fetcher:
         return b"".join(chunks)
 
 
-async def _public_address(host: str, port: int, where: str) -> str:
+async def _address(host: str, port: int, where: str, public_only: bool) -> str:
     if not host:
         raise InvalidInput(f"{where}: the URL has no host")
     try:
@@ -74,7 +77,7 @@ async def _public_address(host: str, port: int, where: str) -> str:
         raise InvalidInput(f"{where}: cannot resolve {host}: {e}") from None
     for *_, address in found:
         ip = ipaddress.ip_address(address[0])
-        if not ip.is_global:
+        if public_only and not ip.is_global:
             raise InvalidInput(
                 f"{where}: {host} resolves to {ip}, which is not a public address; "
                 "the server fetches only public URLs"
