@@ -44,7 +44,13 @@ def serve(
     max_queue_size: Annotated[
         int, typer.Option(help="Inputs waiting per tower before RESOURCE_EXHAUSTED.")
     ] = 4096,
-    instances: Annotated[int, typer.Option(help="Batches run at once per tower.")] = 1,
+    instances: Annotated[
+        int,
+        typer.Option(
+            help="Batches run at once per tower (a tower whose images are decoded on the GPU "
+            "runs at least 2: one batch decodes while another embeds)."
+        ),
+    ] = 1,
     runtime_engine: Annotated[
         str,
         typer.Option(

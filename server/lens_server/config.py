@@ -15,7 +15,9 @@ class BatchConfig:
     when it holds `max_batch_size` inputs, or when its first input has waited
     `max_queue_delay_ms`, whichever comes first. At most `max_queue_size`
     inputs wait per tower; a request that would overflow the queue is refused whole with
-    RESOURCE_EXHAUSTED. `instances` batches of a tower may run at once.
+    RESOURCE_EXHAUSTED. `instances` batches of a tower may run at once; a tower whose images
+    are decoded on the GPU runs at least 2 (one batch decodes while another embeds), and says
+    so in the log when that raises the configured value.
     """
 
     max_batch_size: int = 32
