@@ -27,9 +27,10 @@ from PIL import Image
 
 from lens_client import LensClient
 from lens_server.repository import Repository
+from lens_training.config import TrainConfig
 from lens_training.evaluate import DIGIT_TEMPLATES
 from lens_training.export.trained import export_run
-from lens_training.loop import TrainConfig, Trainer
+from lens_training.loop import Trainer
 from lens_training.quick import PLANS
 
 

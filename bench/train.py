@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from harness import machine, save
 
+from lens_training.config import TrainConfig
 from lens_training.evaluate import chance, view_retrieval_top1
-from lens_training.loop import TrainConfig, Trainer
+from lens_training.loop import Trainer
 from lens_training.quick import PLANS
 
 

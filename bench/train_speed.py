@@ -27,7 +27,8 @@ import torch
 from harness import machine, save
 
 from lens_training import data as datasets
-from lens_training.loop import TrainConfig, Trainer
+from lens_training.config import TrainConfig
+from lens_training.loop import Trainer
 
 # method → (architecture, batch) for the targets, and tiny stand-ins for --tiny
 PLANS = {

@@ -11,6 +11,7 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from lens_training import distributed
@@ -37,7 +38,7 @@ def main(out: str) -> None:
             },
             out,
         )
-    distributed.cleanup()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -109,10 +109,10 @@ def test_pixels_match_transformers_image_processor(hf_folder):
     from transformers import CLIPImageProcessor
 
     from lens_server.preprocess import ImagePreprocessor
-    from lens_training.export.hf import image_spec
+    from lens_training.export.hf import image_spec_from_hf_folder
 
     processor = CLIPImageProcessor.from_pretrained(hf_folder)
-    ours = ImagePreprocessor(image_spec(hf_folder))
+    ours = ImagePreprocessor(image_spec_from_hf_folder(hf_folder))
     for name in ("astronaut", "coffee", "logo", "camera", "page"):
         data = encode(photo(name), "PNG")
         want = processor(images=Image.open(io.BytesIO(data)), return_tensors="np")["pixel_values"]

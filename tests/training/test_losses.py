@@ -151,3 +151,20 @@ def test_mae_checkpoints_from_before_the_whitening_load_unwhitened():
     fresh.load_state_dict(old)
     assert torch.equal(fresh.whiten.matrix, torch.eye(64))
     assert torch.equal(fresh.whiten.mean, torch.zeros(64))
+
+
+def test_each_method_trains_with_its_loss_module():
+    """The methods compute their objective through the loss modules, so the modules' checks
+    (NT-Xent's temperature) guard training too."""
+    from lens_training.encoders import load_arch
+    from lens_training.methods import build
+
+    vit, clip = load_arch("lens-tiny-vit")[1], load_arch("lens-tiny-clip")[1]
+    simclr = build("simclr", vit, temperature=0.2)
+    assert isinstance(simclr.criterion, NTXentLoss) and simclr.criterion.temperature == 0.2
+    assert isinstance(build("clip", clip).criterion, ClipLoss)
+    assert isinstance(build("mae", vit).criterion, MaskedPixelLoss)
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        build("simclr", vit, temperature=0.0)
+    # the loss modules hold no state: checkpoints keep the keys they had
+    assert not any(k.startswith("criterion") for k in simclr.state_dict())

@@ -10,8 +10,9 @@ import subprocess
 
 import pytest
 
+from lens_training.config import TrainConfig
 from lens_training.evaluate import view_retrieval_top1
-from lens_training.loop import TrainConfig, Trainer
+from lens_training.loop import Trainer
 from lens_training.quick import PLANS
 from tests.conftest import LENS, ROOT
 

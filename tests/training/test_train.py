@@ -14,8 +14,9 @@ import torch
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 from lens_server.repository import Repository
+from lens_training.config import TrainConfig, TrainError
 from lens_training.export.trained import export_run, load_run
-from lens_training.loop import TrainConfig, Trainer, TrainError
+from lens_training.loop import Trainer
 from tests.conftest import LENS, ServerProcess, encode, photo
 
 ARCH = {"clip": "lens-tiny-clip", "simclr": "lens-tiny-vit", "mae": "lens-tiny-vit"}

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 LUMA = (0.299, 0.587, 0.114)
+PRESETS = ("paper", "digits")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class AugmentConfig:
             return cls(size)
         if name == "digits":
             return cls(size, min_scale=0.4, flip=0.0, jitter=0.0, grayscale=0.0, blur=0.5)
-        raise ValueError(f"unknown augmentation preset {name!r}: use paper or digits")
+        raise ValueError(f"unknown augmentation preset {name!r}: use {' or '.join(PRESETS)}")
 
     def __post_init__(self) -> None:
         for name in ("flip", "jitter", "grayscale", "blur"):

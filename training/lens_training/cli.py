@@ -77,7 +77,8 @@ def train(
     repo: Repo = Path("models"),
 ) -> None:
     """Train a CLIP, SimCLR or MAE encoder; evaluate it against its random init."""
-    from lens_training.loop import TrainConfig, Trainer, TrainError
+    from lens_training.config import TrainConfig, TrainError
+    from lens_training.loop import Trainer
 
     if method not in DEFAULT_ARCH:
         fail(f"unknown method {method!r}: use clip, simclr or mae", 2)
@@ -140,9 +141,9 @@ def export_command(
 def _export(run: Path, name: str, repo: Path) -> None:
     from lens_server.errors import LensError
     from lens_server.repository import Repository
+    from lens_training.config import TrainError
     from lens_training.export import ParityError
     from lens_training.export.trained import export_run
-    from lens_training.loop import TrainError
 
     repository = Repository(repo)
     try:

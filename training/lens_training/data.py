@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lens_client.cli_common import IMAGE_SUFFIXES
 from lens_server.errors import InvalidInput
 from lens_server.preprocess import ImagePreprocessor
 from lens_server.repository.manifest import ImageSpec
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 BUILTIN = ("mnist", "digits")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 class DataError(ValueError):
@@ -156,7 +156,8 @@ def _collect(
 def _folder(root: Path, to_pixels) -> ImageSet:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"{root}: no images (jpg, jpeg, png, webp, bmp, gif)")
+        kinds = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+        raise DataError(f"{root}: no images ({kinds})")
     classes = tuple(sorted({p.parent.name for p in files if p.parent != root}))
     labelled = all(p.parent != root for p in files)
     items = ((p, str(p), classes.index(p.parent.name) if labelled else None, None) for p in files)

@@ -43,8 +43,3 @@ def shard(indices: torch.Tensor) -> torch.Tensor:
     if not dist.is_initialized():
         return indices
     return indices.chunk(dist.get_world_size())[dist.get_rank()]
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -11,7 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lens_server.repository import ImageSpec
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
+# The image statistics OpenAI's CLIP normalises with; lens's own towers train with them too.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_arch(arch: str) -> tuple[str, dict[str, Any]]:
@@ -38,6 +43,12 @@ def load_arch(arch: str) -> tuple[str, dict[str, Any]]:
 def image_size(config: dict[str, Any]) -> int:
     size = config["vision_cfg"].get("image_size", 224)
     return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def image_spec_of_arch(config: dict[str, Any]) -> ImageSpec:
+    """How images are resized and normalised for an architecture lens trains: in training
+    and, through the manifest, in the server."""
+    return ImageSpec(size=image_size(config), mean=OPENAI_MEAN, std=OPENAI_STD)
 
 
 def vision_tower(config: dict[str, Any], **overrides: Any) -> Any:

@@ -3,8 +3,9 @@
 AdamW (CLIP, MAE) or LARS (SimCLR) as each paper used; linear warm-up then cosine decay;
 gradient accumulation; bf16 autocast and channels-last on a GPU; seeds; checkpoints every N
 steps that resume exactly (model, optimiser, schedule, RNG states and the position in the
-seeded data order); DDP under `torchrun` with negatives gathered across ranks; a progress bar;
-metrics to `RUN_DIR/metrics.jsonl` (and TensorBoard when installed).
+seeded data order; `checkpoint.py`); DDP under `torchrun` with negatives gathered across
+ranks; a progress bar; metrics to `RUN_DIR/metrics.jsonl` (and TensorBoard when installed).
+The run's settings are a `TrainConfig` (`config.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,85 +24,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lens_server.errors import LensError
-from lens_server.repository import ImageSpec, Repository
+from lens_training import checkpoint, distributed
 from lens_training import data as datasets
-from lens_training import distributed
-from lens_training.augment import AugmentConfig
-from lens_training.encoders import image_size, load_arch
-from lens_training.evaluate import DIGIT_TEMPLATES, evaluate
-from lens_training.methods import OPENAI_MEAN, OPENAI_STD, Method, build
+from lens_training.checkpoint import CHECKPOINT, FORMAT
+from lens_training.config import TrainConfig, TrainError
+from lens_training.encoders import image_spec_of_arch, load_arch
+from lens_training.evaluate import evaluate
+from lens_training.methods import Method, build
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
-
-
-class TrainError(ValueError):
-    """The run cannot start or go on; the message says why."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    method: str
-    data: str
-    arch: str
-    out: str
-    steps: int = 0  # 0: from epochs
-    epochs: float = 1.0
-    batch_size: int = 256
-    accum: int = 1
-    lr: float = 0.0  # 0: the method's default
-    weight_decay: float = -1.0  # < 0: the method's default
-    warmup: float = 0.1  # share of the steps
-    optimizer: str = ""  # "": the method's default (adamw, or lars for SimCLR)
-    temperature: float = 0.5
-    mask_ratio: float = 0.75
-    augment: str = ""  # SimCLR: paper or digits; "": digits for the built-in sets, else paper
-    holdout: float = 1000
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "bf16"
-    eval_every: int = 0  # steps; 0: at the end only
-    checkpoint_every: int = 0  # steps; 0: at the end only
-    init: str = ""  # NAME[:VERSION] in the repository
-    repo: str = "models"
-    templates: tuple[str, ...] = DIGIT_TEMPLATES
-    baseline: bool = True  # evaluate the random-init encoder too
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.method not in ("clip", "simclr", "mae"):
-            raise TrainError(f"unknown method {self.method!r}: use clip, simclr or mae")
-        if self.batch_size < 2 or self.accum < 1 or self.batch_size % self.accum:
-            raise TrainError(
-                f"batch size {self.batch_size} must be >= 2 and divisible by accum {self.accum}"
-            )
-        if self.precision not in ("bf16", "fp32"):
-            raise TrainError(f"precision must be bf16 or fp32, got {self.precision}")
-        if self.optimizer not in ("", "adamw", "lars"):
-            raise TrainError(f"optimizer must be adamw or lars, got {self.optimizer}")
-
-    def defaults(self) -> TrainConfig:
-        """The method's published settings where the user gave none."""
-        lr, wd, opt = {
-            "clip": (5e-4, 0.2, "adamw"),
-            "simclr": (0.3 * self.batch_size / 256, 1e-6, "lars"),
-            "mae": (1.5e-4 * self.batch_size / 256, 0.05, "adamw"),
-        }[self.method]
-        return replace(
-            self,
-            lr=self.lr or lr,
-            weight_decay=wd if self.weight_decay < 0 else self.weight_decay,
-            optimizer=self.optimizer or opt,
-        )
-
-
-def image_spec(arch: dict[str, Any]) -> ImageSpec:
-    """How images are resized and normalised for this architecture: in training and, through
-    the manifest, in the server."""
-    return ImageSpec(size=image_size(arch), mean=OPENAI_MEAN, std=OPENAI_STD)
 
 
 def pick_device(name: str) -> torch.device:
@@ -129,30 +60,8 @@ class Trainer:
         self.device = pick_device(config.device)
         self.rank, self.world = distributed.setup(self.device)
         seed_everything(config.seed)
-        if config.init and not config.arch:  # the architecture of the version started from
-            self.arch_name, self.arch = self._checkpoint_of(config.init)[1:]
-        else:
-            try:
-                self.arch_name, self.arch = load_arch(config.arch)
-            except ValueError as e:
-                raise TrainError(str(e)) from None
-        try:
-            options: dict[str, Any] = {}
-            if config.method == "simclr":
-                preset = config.augment or (
-                    "digits" if config.data in datasets.BUILTIN else "paper"
-                )
-                options = {
-                    "temperature": config.temperature,
-                    "augment": AugmentConfig.preset(preset, image_size(self.arch)),
-                }
-            elif config.method == "mae":
-                options = {"mask_ratio": config.mask_ratio}
-            self.method: Method = build(config.method, self.arch, **options).to(self.device)
-        except (ValueError, TypeError) as e:
-            raise TrainError(f"architecture {self.arch_name} for {config.method}: {e}") from None
-        if self.device.type == "cuda":
-            self.method = self.method.to(memory_format=torch.channels_last)
+        self.arch_name, self.arch = self._arch()
+        self.method = self._method()
         self.train_set, self.test_set = self._data()
         self.tokens = self._tokens() if config.method == "clip" else None
         if config.init:
@@ -170,15 +79,7 @@ class Trainer:
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.optimizer = self._optimizer()
-        warm = int(config.warmup * self.total)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: (
-                (s + 1) / warm
-                if s < warm
-                else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, self.total - warm)))
-            ),
-        )
+        self.schedule = self._schedule()
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._board = _tensorboard(self.out) if distributed.is_main() else None
@@ -188,9 +89,38 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------
 
-    def _data(self) -> tuple[datasets.ImageSet, datasets.ImageSet | None]:
+    def _arch(self) -> tuple[str, dict[str, Any]]:
+        """(name, config) of the architecture: the one asked for, else (with `--init` alone)
+        that of the version started from."""
+        if self.config.init and not self.config.arch:
+            saved = checkpoint.of_version(Path(self.config.repo), self.config.init)
+            return saved["arch_name"], saved["arch"]
         try:
-            full = datasets.load(self.config.data, image_spec(self.arch))
+            return load_arch(self.config.arch)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+
+    def _method(self) -> Method:
+        config = self.config
+        try:
+            method = build(
+                config.method,
+                self.arch,
+                temperature=config.temperature,
+                augment=config.augment_preset,
+                mask_ratio=config.mask_ratio,
+            ).to(self.device)
+        except (ValueError, TypeError) as e:
+            raise TrainError(f"architecture {self.arch_name} for {config.method}: {e}") from None
+        if self.device.type == "cuda":
+            method = method.to(memory_format=torch.channels_last)
+        return method
+
+    def _data(self) -> tuple[datasets.ImageSet, datasets.ImageSet | None]:
+        """(train, held-out): a labelled set is split by the seed, an unlabelled one is all
+        training data."""
+        try:
+            full = datasets.load(self.config.data, image_spec_of_arch(self.arch))
         except (datasets.DataError, OSError) as e:
             raise TrainError(str(e)) from None
         if full.skipped:
@@ -198,8 +128,7 @@ class Trainer:
         if full.labels is None:
             return full, None
         holdout = self.config.holdout
-        train, test = full.split(int(holdout) if holdout >= 1 else holdout, self.config.seed)
-        return train, test
+        return full.split(int(holdout) if holdout >= 1 else holdout, self.config.seed)
 
     def _tokens(self) -> torch.Tensor:
         import open_clip
@@ -235,36 +164,26 @@ class Trainer:
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=1e-6, fused=fused)
 
-    def _checkpoint_of(self, ref: str) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        """The weights checkpoint of repository version `NAME[:VERSION]`."""
-        name, _, version = ref.partition(":")
-        repo = Repository(Path(self.config.repo))
-        try:
-            number = int(version) if version else repo.latest(name)
-            path = repo.path(name, number) / CHECKPOINT
-        except (ValueError, LensError) as e:  # NotFound lists what exists
-            raise TrainError(f"--init {ref}: {e}") from None
-        if not path.is_file():
-            raise TrainError(f"--init {ref}: the version has no {CHECKPOINT} to start from")
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        return saved, saved.get("arch_name", name), saved.get("arch", {})
+    def _schedule(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """Linear warm-up over `warmup` of the steps, then cosine decay to zero."""
+        warm = int(self.config.warmup * self.total)
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: (
+                (s + 1) / warm
+                if s < warm
+                else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, self.total - warm)))
+            ),
+        )
 
     def _init_from_repository(self, ref: str) -> None:
-        saved = self._checkpoint_of(ref)[0]
+        saved = checkpoint.of_version(Path(self.config.repo), ref)
         self._check_compatible(saved, f"--init {ref}")
         self.method.load_state_dict(saved["model"])
         log.info("initialised from %s", ref)
 
     def _check_compatible(self, saved: dict[str, Any], what: str) -> None:
-        if saved.get("method") != self.config.method:
-            raise TrainError(
-                f"{what}: checkpoint is a {saved.get('method')} model, not {self.config.method}"
-            )
-        if saved.get("arch") != self.arch:
-            raise TrainError(
-                f"{what}: checkpoint architecture {saved.get('arch_name')} differs "
-                f"from {self.arch_name}"
-            )
+        checkpoint.check_compatible(saved, self.config.method, self.arch_name, self.arch, what)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -378,12 +297,7 @@ class Trainer:
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": checkpoint.rng_state(),
             "baseline": self.baseline,
         }
 
@@ -395,17 +309,14 @@ class Trainer:
         state = self.state()
         if result is not None:
             state["result"] = result
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-        return path
+        return checkpoint.save(path, state)
 
     def _resumed_config(self, given: TrainConfig) -> TrainConfig:
         path = self.out / CHECKPOINT
         if not path.is_file():
             raise TrainError(f"--resume: {path} does not exist")
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        old = TrainConfig(**{**saved["config"], "templates": tuple(saved["config"]["templates"])})
+        saved = checkpoint.load(path)
+        old = checkpoint.config_of(saved)
         if (given.method, load_arch(given.arch)[1]) != (old.method, saved["arch"]):
             raise TrainError(
                 f"--resume: {path} is a {old.method} run of {saved['arch_name']}, "
@@ -416,18 +327,13 @@ class Trainer:
         )
 
     def _load_checkpoint(self) -> None:
-        saved = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=False)
+        saved = checkpoint.load(self.out / CHECKPOINT)
         self._check_compatible(saved, "--resume")
         self.method.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.step, self.baseline = saved["step"], saved.get("baseline", {})
-        rng = saved["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        checkpoint.restore_rng(saved["rng"])
 
     def _log(self, record: dict[str, Any]) -> None:
         if not distributed.is_main():

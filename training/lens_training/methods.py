@@ -12,14 +12,12 @@ from torch import nn
 
 from lens_training.augment import AugmentConfig, SimCLRAugment
 from lens_training.distributed import gather_with_grad
-from lens_training.encoders import clip_model, image_size, vision_tower
+from lens_training.encoders import OPENAI_MEAN, OPENAI_STD, clip_model, image_size, vision_tower
 from lens_training.heads import MAEDecoder, ProjectionHead, encode_visible, patchify
-from lens_training.losses import clip_loss, masked_pixel_loss, nt_xent
+from lens_training.losses import ClipLoss, MaskedPixelLoss, NTXentLoss
 from lens_training.whitening import Whitening
 
 METHODS = ("clip", "simclr", "mae")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class Method(nn.Module):
@@ -85,6 +83,7 @@ class ClipMethod(Method):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.model: Any = clip_model(config)
+        self.criterion = ClipLoss()
 
     def image_encoder(self) -> nn.Module:
         return self.model.visual
@@ -97,7 +96,9 @@ class ClipMethod(Method):
         text = self.model.encode_text(batch["tokens"])
         with torch.no_grad():  # CLIP clips the temperature at 100
             self.model.logit_scale.clamp_(0, math.log(100))
-        return clip_loss(gather_with_grad(image), gather_with_grad(text), self.model.logit_scale)
+        return self.criterion(
+            gather_with_grad(image), gather_with_grad(text), self.model.logit_scale
+        )
 
 
 class SimCLRMethod(Method):
@@ -111,7 +112,7 @@ class SimCLRMethod(Method):
         super().__init__(config)
         self.encoder: Any = vision_tower(config)
         self.head = ProjectionHead(config["embed_dim"])
-        self.temperature = temperature
+        self.criterion = NTXentLoss(temperature)
         self.augment = SimCLRAugment(augment or AugmentConfig(self.size))
 
     def image_encoder(self) -> nn.Module:
@@ -121,7 +122,7 @@ class SimCLRMethod(Method):
         pixels = batch["pixels"].cpu()  # augmentation runs on the CPU generator
         views = [self.normalize(self.augment(pixels).to(self.mean.device)) for _ in range(2)]
         z_a, z_b = (self.head(self.encoder(v)) for v in views)
-        return nt_xent(gather_with_grad(z_a), gather_with_grad(z_b), self.temperature)
+        return self.criterion(gather_with_grad(z_a), gather_with_grad(z_b))
 
 
 class MAEMethod(Method):
@@ -152,6 +153,7 @@ class MAEMethod(Method):
             **(decoder or config.get("mae_decoder", {})),
         )
         self.whiten = Whitening(self.encoder.transformer.width)
+        self.criterion = MaskedPixelLoss()
 
     def image_encoder(self) -> nn.Module:
         return nn.Sequential(self.encoder, self.whiten)
@@ -170,16 +172,28 @@ class MAEMethod(Method):
         pixels = self.normalize(batch["pixels"])
         tokens, mask, ids_restore = encode_visible(self.encoder, pixels, self.mask_ratio)
         prediction = self.decoder(tokens, ids_restore)  # (N, L, patch² · 3)
-        return masked_pixel_loss(prediction, patchify(pixels, self.patch), mask)
+        return self.criterion(prediction, patchify(pixels, self.patch), mask)
 
 
-def build(kind: str, config: dict[str, Any], **options: Any) -> Method:
+def build(
+    kind: str,
+    config: dict[str, Any],
+    *,
+    temperature: float = 0.5,
+    augment: str = "paper",
+    mask_ratio: float = 0.75,
+) -> Method:
+    """Method `kind` on architecture `config`, with the settings that apply to it: SimCLR's
+    NT-Xent `temperature` and augmentation preset (`augment`, see `AugmentConfig.preset`),
+    MAE's `mask_ratio`. The defaults are the papers'. ValueError for a bad setting or an
+    architecture the method cannot train."""
     if kind == "clip":
         if "text_cfg" not in config:
             raise ValueError("CLIP needs an architecture with a text tower (text_cfg)")
         return ClipMethod(config)
     if kind == "simclr":
-        return SimCLRMethod(config, **options)
+        views = AugmentConfig.preset(augment, image_size(config))
+        return SimCLRMethod(config, temperature=temperature, augment=views)
     if kind == "mae":
-        return MAEMethod(config, **options)
+        return MAEMethod(config, mask_ratio=mask_ratio)
     raise ValueError(f"unknown method {kind!r}: use one of {', '.join(METHODS)}")

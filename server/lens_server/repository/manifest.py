@@ -155,7 +155,7 @@ class Manifest:
         raw = dict(raw)
         image, text = raw.pop("image", None), raw.pop("text", None)
         return cls(
-            image=_image_spec(image) if image else None,
+            image=_image_spec_from_dict(image) if image else None,
             text=TextSpec(**text) if text else None,
             **raw,
         )
@@ -166,7 +166,8 @@ class Manifest:
         tmp.replace(folder / MANIFEST)
 
 
-def _image_spec(raw: dict[str, Any]) -> ImageSpec:
+def _image_spec_from_dict(raw: dict[str, Any]) -> ImageSpec:
+    """The image spec as `manifest.json` holds it (lists where the dataclass has tuples)."""
     return ImageSpec(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
 
 

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lens_server.repository import ImageSpec, Manifest, Repository, TextSpec
-from lens_training.export.towers import Encode, TowerSource, export_version
+from lens_server.repository import ImageSpec, Repository, TextSpec
+from lens_training.encoders import OPENAI_MEAN, OPENAI_STD
+from lens_training.export.towers import Encode, TowerSource, clip_manifest, export_version
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest", 1: "lanczos"}
 
 
-def image_spec(folder: Path) -> ImageSpec:
+def image_spec_from_hf_folder(folder: Path) -> ImageSpec:
     """`preprocessor_config.json` → the manifest's image spec."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
@@ -35,8 +36,8 @@ def image_spec(folder: Path) -> ImageSpec:
         raise ValueError(f"{path}: resize to {short} then crop to {side} is not supported")
     return ImageSpec(
         size=int(side),
-        mean=tuple(cfg.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
-        std=tuple(cfg.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
+        mean=tuple(cfg.get("image_mean", OPENAI_MEAN)),
+        std=tuple(cfg.get("image_std", OPENAI_STD)),
         resize="shortest",
         interpolation=_RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic"),
         crop_offset="floor",
@@ -57,7 +58,7 @@ def import_hf(repo: Repository, folder: Path, name: str) -> tuple[int, Path]:
     hf_tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if not getattr(hf_tokenizer, "is_fast", False):
         raise ValueError(f"{folder}: a fast tokenizer (tokenizer.json) is needed")
-    spec = image_spec(folder)
+    spec = image_spec_from_hf_folder(folder)
     dim = int(model.config.projection_dim)
     length = int(model.config.text_config.max_position_embeddings)
     text = TextSpec(
@@ -99,16 +100,8 @@ def import_hf(repo: Repository, folder: Path, name: str) -> tuple[int, Path]:
     def text_tower(m: Any, x: torch.Tensor) -> torch.Tensor:
         return _features(m.get_text_features(input_ids=x))
 
-    manifest = Manifest(
-        name=name,
-        version=0,
-        kind="clip",
-        dim=dim,
-        image=spec,
-        text=text,
-        logit_scale=float(model.logit_scale.exp().item()),
-        source={"type": "hf", "arch": str(folder.resolve())},
-    )
+    source = {"type": "hf", "arch": str(folder.resolve())}
+    manifest = clip_manifest(name, dim, spec, text, model.logit_scale, source)
     return export_version(
         repo,
         manifest,

@@ -9,14 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lens_server.repository import ImageSpec, Manifest, Repository, TextSpec
+from lens_server.repository import ImageSpec, Repository, TextSpec
+from lens_training import checkpoint
+from lens_training.checkpoint import CHECKPOINT
 from lens_training.export import tokenizer as tokenizers
-from lens_training.export.towers import Encode, TowerSource, export_version, pixels
+from lens_training.export.towers import Encode, TowerSource, clip_manifest, export_version, pixels
 
 log = logging.getLogger(__name__)
 
 
-def image_spec(cfg: dict[str, Any]) -> ImageSpec:
+def image_spec_from_openclip(cfg: dict[str, Any]) -> ImageSpec:
     """open_clip's `PreprocessCfg` (as a dict) → the manifest's image spec."""
     size = cfg["size"]
     if isinstance(size, (tuple, list)):
@@ -58,7 +60,7 @@ def import_openclip(
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
-    spec = image_spec(open_clip.get_model_preprocess_cfg(model))
+    spec = image_spec_from_openclip(open_clip.get_model_preprocess_cfg(model))
     with torch.no_grad():
         dim = int(model.encode_image(torch.zeros(1, 3, spec.size, spec.size)).shape[-1])
     text = TextSpec(
@@ -77,16 +79,8 @@ def import_openclip(
     def reference_texts(texts: Any) -> np.ndarray:
         return model.encode_text(tokenizer(list(texts))).numpy()
 
-    manifest = Manifest(
-        name=name,
-        version=0,
-        kind="clip",
-        dim=dim,
-        image=spec,
-        text=text,
-        logit_scale=float(model.logit_scale.exp().item()),
-        source={"type": "openclip", "arch": arch, "pretrained": pretrained},
-    )
+    source = {"type": "openclip", "arch": arch, "pretrained": pretrained}
+    manifest = clip_manifest(name, dim, spec, text, model.logit_scale, source)
     return export_version(
         repo,
         manifest,
@@ -103,7 +97,4 @@ def _write(
     `lens train clip --init NAME` can fine-tune this version."""
     tokenizers.from_openclip(tokenizer, staged / text.tokenizer)
     weights = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save(
-        {"format": 1, "method": "clip", "arch_name": arch, "arch": config, "model": weights},
-        staged / "checkpoint.pt",
-    )
+    checkpoint.save(staged / CHECKPOINT, checkpoint.weights("clip", arch, config, weights))

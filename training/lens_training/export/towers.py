@@ -155,6 +155,29 @@ class TowerSource:
     reference: Callable[[Sequence[Any]], np.ndarray]
 
 
+def clip_manifest(
+    name: str,
+    dim: int,
+    image: ImageSpec,
+    text: TextSpec,
+    logit_scale: torch.Tensor,
+    source: dict[str, Any],
+) -> Manifest:
+    """The manifest of an imported two-tower CLIP model, before `export_version` adds its
+    files and parity: `logit_scale` is the model's learnt log scale, `source` where it came
+    from."""
+    return Manifest(
+        name=name,
+        version=0,
+        kind="clip",
+        dim=dim,
+        image=image,
+        text=text,
+        logit_scale=float(logit_scale.exp().item()),
+        source=source,
+    )
+
+
 def export_version(
     repo: Repository,
     manifest: Manifest,

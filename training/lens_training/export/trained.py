@@ -18,9 +18,12 @@ import torch
 
 from lens_server.preprocess import ImagePreprocessor
 from lens_server.repository import Manifest, Repository, TextSpec
+from lens_training import checkpoint
+from lens_training.checkpoint import CHECKPOINT
+from lens_training.config import TrainError
+from lens_training.encoders import image_spec_of_arch
 from lens_training.export import tokenizer as tokenizers
 from lens_training.export.towers import Encode, TowerSource, export_version
-from lens_training.loop import CHECKPOINT, TrainError, image_spec
 from lens_training.methods import ClipMethod, Method, build
 
 
@@ -29,21 +32,15 @@ def load_run(run: Path) -> tuple[dict[str, Any], Method]:
     path = run / CHECKPOINT if run.is_dir() else run
     if not path.is_file():
         raise TrainError(f"{run}: no {CHECKPOINT} (train first, or point at a run folder)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint.load(path)
     method = build(saved["method"], saved["arch"])
     method.load_state_dict(saved["model"])
     return saved, method.eval()
 
 
-def weights_only(saved: dict[str, Any]) -> dict[str, Any]:
-    """What `--init` needs: method, architecture and weights (no optimiser or RNG state)."""
-    keys = ("format", "method", "arch_name", "arch", "config", "step", "model")
-    return {k: saved[k] for k in keys if k in saved}
-
-
 def export_run(repo: Repository, run: Path, name: str) -> tuple[int, Path]:
     saved, method = load_run(run)
-    spec = image_spec(saved["arch"])
+    spec = image_spec_of_arch(saved["arch"])
     preprocess = ImagePreprocessor(spec)
     encoder = method.image_encoder()
     with torch.no_grad():
@@ -94,7 +91,7 @@ def export_run(repo: Repository, run: Path, name: str) -> tuple[int, Path]:
     )
 
     def write_files(staged: Path) -> None:
-        torch.save(weights_only(saved), staged / CHECKPOINT)
+        checkpoint.save(staged / CHECKPOINT, checkpoint.weights_only(saved))
         if text is not None:
             tokenizers.from_openclip(tokenizer, staged / text.tokenizer)
 
