@@ -189,6 +189,13 @@ def test_lens_train_and_export_commands(tmp_path):
     assert again.returncode == 0 and "version 2 written" in again.stdout
 
 
+def assert_refused(result: subprocess.CompletedProcess, code: int, message: str) -> None:
+    """A refusal: exit status `code`, and one line on stderr that says `message`."""
+    assert result.returncode == code, result.stderr[-2000:]
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -196,7 +203,6 @@ def test_lens_train_and_export_commands(tmp_path):
         (["train", "mae", "--data", "/no/such/folder"], 1, "/no/such/folder"),
         (["train", "mae", "--data", "digits", "--arch", "No-Such-Arch"], 1, "unknown architecture"),
         (["train", "mae", "--data", "digits", "--arch", "lens-tiny-resnet"], 1, "needs a ViT"),
-        (["train", "clip", "--data", "digits", "--device", "cuda"], 1, "no CUDA device"),
         (["export", "/no/such/run", "--name", "x"], 1, "no checkpoint.pt"),
     ],
 )
@@ -206,10 +212,86 @@ def test_train_errors_are_one_line(tmp_path, args, code, message):
         if args[0] == "export"
         else lens(*args, "--out", str(tmp_path / "run"))
     )
-    assert result.returncode == code, result.stderr[-2000:]
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not any((tmp_path / "x").glob("*")) if (tmp_path / "x").exists() else True
+    assert_refused(result, code, message)
+    # nothing left behind: no run folder (train), no version or staging folder (export)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_cuda_trains_where_there_is_a_gpu_and_is_refused_elsewhere(tmp_path):
+    from lens_server.gpu import cuda_available
+
+    run = tmp_path / "run"
+    args = ["train", "mae", "--data", "digits", "--device", "cuda", "--out", str(run)]
+    if not cuda_available():
+        assert_refused(lens(*args), 1, "--device cuda: no CUDA device on this machine")
+        assert not run.exists()
+        return
+    result = lens(*args, "--steps", "1", "--batch-size", "32", "--holdout", "300")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[0])["steps"] == 1
+    assert (run / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--temperature", "0", "temperature must be finite and > 0, got 0.0"),
+        ("--temperature", "-0.5", "temperature must be finite and > 0, got -0.5"),
+        ("--steps", "-1", "steps must be >= 0 (0: from epochs), got -1"),
+        ("--epochs", "0", "epochs must be finite and > 0, got 0.0"),
+        ("--batch-size", "1", "batch_size must be >= 2, got 1"),
+        ("--accum", "0", "accum must be >= 1, got 0"),
+        ("--accum", "3", "batch_size 256 must be divisible by accum 3"),
+        ("--lr", "-0.001", "lr must be finite and >= 0 (0: the method's), got -0.001"),
+        ("--holdout", "0", "holdout must be a whole count >= 1 or a fraction < 1, got 0.0"),
+        ("--holdout", "2.5", "holdout must be a whole count >= 1 or a fraction < 1, got 2.5"),
+        ("--holdout", "1797", "holdout 1797 must be less than the 1797 images of digits"),
+        ("--seed", "-1", "seed must be in [0, 4294967296), got -1"),
+        ("--device", "gpu", "device must be auto or a torch device (cpu, cuda, cuda:N), got 'gpu'"),
+        ("--precision", "fp16", "precision must be bf16 or fp32, got 'fp16'"),
+        ("--optimizer", "sgd", "optimizer must be adamw or lars, got 'sgd'"),
+        ("--eval-every", "-1", "eval_every must be >= 0 (0: at the end), got -1"),
+        ("--checkpoint-every", "-5", "checkpoint_every must be >= 0 (0: at the end), got -5"),
+        ("--init", "tiny:latest", "init must be NAME or NAME:VERSION, got 'tiny:latest'"),
+    ],
+)
+def test_train_refuses_each_setting_out_of_its_domain(tmp_path, option, value, message):
+    """Refused before anything is written, with the setting and its value named."""
+    run = tmp_path / "run"
+    args = ["train", "simclr", "--data", "digits", "--device", "cpu", "--out", str(run)]
+    assert_refused(lens(*args, option, value), 1, message)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"mask_ratio": 0.0}, "mask_ratio must be in (0, 1), got 0.0"),
+        ({"mask_ratio": 1.0}, "mask_ratio must be in (0, 1), got 1.0"),
+        ({"warmup": -0.1}, "warmup must be a share of the steps in [0, 1], got -0.1"),
+        ({"augment": "strong"}, "augment must be paper or digits, got 'strong'"),
+        ({"templates": ()}, "templates must be at least one template, got ()"),
+        ({"weight_decay": math.nan}, "weight_decay must be finite (< 0: the method's), got nan"),
+        ({"epochs": math.inf}, "epochs must be finite and > 0, got inf"),
+        ({"holdout": 0.4}, None),
+        ({"lr": 0.0, "steps": 0}, None),  # 0: the method's learning rate, steps from epochs
+    ],
+)
+def test_settings_without_a_flag_are_checked_too(tmp_path, setting, message):
+    if message is None:
+        config("mae", tmp_path, **setting)
+        return
+    with pytest.raises(TrainError) as refused:
+        config("mae", tmp_path, **setting)
+    assert str(refused.value) == message
+
+
+def test_a_fraction_held_out_must_leave_images_on_both_sides(tmp_path):
+    with pytest.raises(
+        TrainError, match=r"holdout 0\.0001 of the 1797 images of digits holds out none"
+    ):
+        Trainer(config("mae", tmp_path / "run", holdout=0.0001))
+    assert not (tmp_path / "run").exists()
 
 
 def test_empty_and_unreadable_image_folders(tmp_path):

@@ -1,13 +1,27 @@
-"""What a training run is asked to do: `TrainConfig`, validated once, where it is made."""
+"""What a training run is asked to do: `TrainConfig`, validated once, where it is made.
+
+Every field with a domain is checked in `__post_init__`, so a bad value is refused with its
+name and value before any data is read or any file written (the CLI prints the message as its
+one line). What depends on the data (the held-out count against the set's size) is checked
+where the data is loaded.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from lens_training import data as datasets
+from lens_training.augment import PRESETS
 from lens_training.evaluate import DIGIT_TEMPLATES
 from lens_training.methods import METHODS
+
+OPTIMIZERS = ("adamw", "lars")
+PRECISIONS = ("bf16", "fp32")
+SEEDS = 2**32  # numpy's seeds are 0 .. 2³² − 1
 
 
 class TrainError(ValueError):
@@ -46,14 +60,45 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise TrainError(f"unknown method {self.method!r}: use {_either(METHODS)}")
-        if self.batch_size < 2 or self.accum < 1 or self.batch_size % self.accum:
+        _choose("optimizer", self.optimizer, ("", *OPTIMIZERS))
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("augment", self.augment, ("", *PRESETS))
+        holdout, (name, colon, version) = self.holdout, self.init.partition(":")
+        domains = (  # field, whether its value is in the domain, the domain in words
+            ("steps", self.steps >= 0, ">= 0 (0: from epochs)"),
+            ("epochs", math.isfinite(self.epochs) and self.epochs > 0, "finite and > 0"),
+            ("batch_size", self.batch_size >= 2, ">= 2"),
+            ("accum", self.accum >= 1, ">= 1"),
+            ("lr", math.isfinite(self.lr) and self.lr >= 0, "finite and >= 0 (0: the method's)"),
+            ("weight_decay", math.isfinite(self.weight_decay), "finite (< 0: the method's)"),
+            ("warmup", 0 <= self.warmup <= 1, "a share of the steps in [0, 1]"),
+            ("temperature", 0 < self.temperature < math.inf, "finite and > 0"),
+            ("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
+            (
+                "holdout",
+                0 < holdout < 1 or (1 <= holdout < math.inf and holdout == int(holdout)),
+                "a whole count >= 1 or a fraction < 1",
+            ),
+            ("seed", 0 <= self.seed < SEEDS, f"in [0, {SEEDS})"),
+            ("eval_every", self.eval_every >= 0, ">= 0 (0: at the end)"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: at the end)"),
+            ("device", _is_device(self.device), "auto or a torch device (cpu, cuda, cuda:N)"),
+            (
+                "init",
+                not self.init or (bool(name) and (not colon or version.isdigit())),
+                "NAME or NAME:VERSION",
+            ),
+            ("templates", bool(self.templates), "at least one template"),
+        )
+        for field_name, ok, domain in domains:
+            if not ok:
+                raise TrainError(
+                    f"{field_name} must be {domain}, got {getattr(self, field_name)!r}"
+                )
+        if self.batch_size % self.accum:
             raise TrainError(
-                f"batch size {self.batch_size} must be >= 2 and divisible by accum {self.accum}"
+                f"batch_size {self.batch_size} must be divisible by accum {self.accum}"
             )
-        if self.precision not in ("bf16", "fp32"):
-            raise TrainError(f"precision must be bf16 or fp32, got {self.precision}")
-        if self.optimizer not in ("", "adamw", "lars"):
-            raise TrainError(f"optimizer must be adamw or lars, got {self.optimizer}")
 
     def defaults(self) -> TrainConfig:
         """The method's published settings where the user gave none."""
@@ -75,6 +120,36 @@ class TrainConfig:
         sets (flips change a digit's class) and the paper's for everything else."""
         return self.augment or ("digits" if self.data in datasets.BUILTIN else "paper")
 
+    def holdout_count(self, images: int) -> int:
+        """How many of a labelled set of `images` are held out for evaluation; TrainError if
+        that is none, or leaves none to train on."""
+        count = round(self.holdout * images) if self.holdout < 1 else int(self.holdout)
+        if count < 1:
+            raise TrainError(
+                f"holdout {self.holdout:g} of the {images} images of {self.data} holds out none"
+            )
+        if count >= images:
+            raise TrainError(
+                f"holdout {self.holdout:g} must be less than the {images} images of {self.data}"
+            )
+        return count
+
 
 def _either(choices: tuple[str, ...]) -> str:
     return ", ".join(choices[:-1]) + f" or {choices[-1]}"
+
+
+def _choose(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TrainError(f"{name} must be {_either(tuple(c for c in choices if c))}, got {value!r}")
+
+
+def _is_device(name: str) -> bool:
+    """`auto`, or a device string torch can parse (cpu, cuda, cuda:1, mps, ...)."""
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True

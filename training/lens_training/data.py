@@ -22,7 +22,6 @@ import torch
 from PIL import Image
 
 from lens_client.cli_common import IMAGE_SUFFIXES
-from lens_server.errors import InvalidInput
 from lens_server.preprocess import ImagePreprocessor
 from lens_server.repository.manifest import ImageSpec
 
@@ -224,7 +223,7 @@ def caption_labels(
 ) -> list[str]:
     """Captions for a labelled set without any: a random template per image."""
     if data.labels is None:
-        raise InvalidInput(f"{data.name}: CLIP needs captions or labels")
+        raise DataError(f"{data.name}: CLIP needs captions or labels")
     picks = torch.randint(len(templates), (len(data),), generator=generator).tolist()
     return [
         templates[t].format(data.classes[int(y)]) for t, y in zip(picks, data.labels, strict=True)

@@ -127,8 +127,7 @@ class Trainer:
             log.warning("%s: %d unreadable images skipped", full.name, full.skipped)
         if full.labels is None:
             return full, None
-        holdout = self.config.holdout
-        return full.split(int(holdout) if holdout >= 1 else holdout, self.config.seed)
+        return full.split(self.config.holdout_count(len(full)), self.config.seed)
 
     def _tokens(self) -> torch.Tensor:
         import open_clip
@@ -136,7 +135,12 @@ class Trainer:
         captions = self.train_set.captions
         if captions is None:
             generator = torch.Generator().manual_seed(self.config.seed)
-            captions = datasets.caption_labels(self.train_set, self.config.templates, generator)
+            try:
+                captions = datasets.caption_labels(
+                    self.train_set, self.config.templates, generator
+                )
+            except datasets.DataError as e:
+                raise TrainError(str(e)) from None
         context = self.arch["text_cfg"].get("context_length", 77)
         return open_clip.SimpleTokenizer(context_length=context)(captions)
 
