@@ -1,7 +1,10 @@
 """`lens import hf DIR`: a local transformers `CLIPModel` folder → a two-tower version.
 
 Images are preprocessed as transformers' `CLIPImageProcessor` (Pillow backend) does: RGB
-first, short side resized, floor-rounded centre crop, x/255, normalised. Texts use the
+first, short side resized, floor-rounded centre crop, x/255, normalised. Its settings are read
+where transformers reads them: `processor_config.json`'s `image_processor` (what
+`CLIPProcessor.save_pretrained` writes since transformers 5), else `preprocessor_config.json`
+(what earlier versions, and `CLIPImageProcessor.save_pretrained`, write). Texts use the
 folder's own fast tokenizer (its normaliser cleans; its BOS/EOS/pad ids wrap and pad).
 """
 
@@ -19,14 +22,30 @@ from lens_training.encoders import OPENAI_MEAN, OPENAI_STD
 from lens_training.export.towers import Encode, TowerSource, clip_manifest, export_version
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest", 1: "lanczos"}
+PROCESSOR = "processor_config.json"  # transformers 5: the image processor nested inside
+PREPROCESSOR = "preprocessor_config.json"  # transformers 4, and an image processor alone
+
+
+def image_processor_config(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """(the file, the settings) of the folder's image processor, found as transformers
+    finds it: nested in `processor_config.json` if there, else `preprocessor_config.json`."""
+    processor = folder / PROCESSOR
+    if processor.is_file():
+        nested = json.loads(processor.read_text()).get("image_processor")
+        if isinstance(nested, dict):
+            return processor, nested
+    preprocessor = folder / PREPROCESSOR
+    if preprocessor.is_file():
+        return preprocessor, json.loads(preprocessor.read_text())
+    raise ValueError(
+        f"{folder} has no image processor settings: neither {PROCESSOR} with an "
+        f'"image_processor" nor {PREPROCESSOR}'
+    )
 
 
 def image_spec_from_hf_folder(folder: Path) -> ImageSpec:
-    """`preprocessor_config.json` → the manifest's image spec."""
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder} has no preprocessor_config.json")
-    cfg = json.loads(path.read_text())
+    """The folder's `CLIPImageProcessor` settings → the manifest's image spec."""
+    path, cfg = image_processor_config(folder)
     size, crop = cfg.get("size", {}), cfg.get("crop_size", {})
     short = size.get("shortest_edge") if isinstance(size, dict) else size
     side = crop.get("height") if isinstance(crop, dict) else crop
