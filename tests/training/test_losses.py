@@ -1,4 +1,5 @@
-"""Losses against direct reference computations; masking keeps the ratio."""
+"""Losses against direct reference computations, and the methods training with them;
+the whitening of MAE embeddings."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from lens_training.losses import (
     masked_pixel_loss,
     nt_xent,
 )
-from lens_training.masking import random_masking
 from lens_training.whitening import Whitening
 
 
@@ -99,23 +99,6 @@ def test_mae_loss_counts_only_masked_patches():
         ((prediction - target) ** 2).mean(-1)[mask.bool()].mean().item()
     )
     assert MaskedPixelLoss()(prediction, target, mask).item() == pytest.approx(expected.item())
-
-
-@pytest.mark.parametrize(("length", "ratio"), [(64, 0.75), (49, 0.75), (16, 0.5), (10, 0.0)])
-def test_masking_keeps_exactly_the_ratio(length, ratio):
-    torch.manual_seed(3)
-    x = torch.randn(4, length, 8)
-    visible, mask, ids_restore = random_masking(x, ratio)
-    keep = round(length * (1 - ratio))
-    assert visible.shape == (4, keep, 8)
-    assert (mask.sum(1) == length - keep).all()
-    for n in range(4):  # the visible tokens are exactly the unmasked ones, in shuffled order
-        kept = x[n][mask[n] == 0]
-        assert sorted(map(tuple, kept.tolist())) == sorted(map(tuple, visible[n].tolist()))
-        restored = torch.cat([visible[n], torch.zeros(length - keep, 8)])[ids_restore[n]]
-        assert torch.equal(restored[mask[n] == 0], kept)
-    with pytest.raises(ValueError):
-        random_masking(x, 1.0)
 
 
 def test_whitening_is_identity_until_fitted_then_decorrelates():
