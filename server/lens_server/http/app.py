@@ -5,7 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from lens_server.core import Core
-from lens_server.http import classify, collections, embed, errors, health, models, openai
+from lens_server.http import (
+    classify,
+    collections,
+    embed,
+    errors,
+    health,
+    models,
+    openai,
+    search,
+)
 from lens_server.http.fetch import FetchConfig, Fetcher
 from lens_server.http.guard import Guard
 from lens_server.http.health import Readiness
@@ -28,6 +37,6 @@ def build_app(
     app.state.readiness = readiness
     app.state.fetcher = Fetcher(fetch or FetchConfig())
     errors.install(app)
-    for module in (openai, embed, classify, collections, models, health):
+    for module in (openai, embed, classify, collections, search, models, health):
         app.include_router(module.router)
     return Guard(app, max_body_bytes)
