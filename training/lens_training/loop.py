@@ -136,9 +136,7 @@ class Trainer:
         if captions is None:
             generator = torch.Generator().manual_seed(self.config.seed)
             try:
-                captions = datasets.caption_labels(
-                    self.train_set, self.config.templates, generator
-                )
+                captions = datasets.caption_labels(self.train_set, self.config.templates, generator)
             except datasets.DataError as e:
                 raise TrainError(str(e)) from None
         context = self.arch["text_cfg"].get("context_length", 77)
