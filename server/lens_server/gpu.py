@@ -16,10 +16,15 @@ from pathlib import Path
 _DRIVER = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"), Path("/dev/dxg"))
 
 
+def driver_present() -> bool:
+    """Whether an NVIDIA driver is reachable (where it is, `cuda_available` imports torch)."""
+    return any(p.exists() for p in _DRIVER)
+
+
 @functools.cache
 def cuda_available() -> bool:
     """True when torch is installed and sees a CUDA device."""
-    if not any(p.exists() for p in _DRIVER) or importlib.util.find_spec("torch") is None:
+    if not driver_present() or importlib.util.find_spec("torch") is None:
         return False
     import torch
 

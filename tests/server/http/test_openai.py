@@ -12,6 +12,7 @@ from lens.v1 import inference_pb2, inference_pb2_grpc
 from openai import BadRequestError, NotFoundError, OpenAI
 from PIL import Image
 
+from lens_server.vectors import cosine_rows
 from tests.conftest import ServerProcess
 
 
@@ -48,10 +49,6 @@ def _vectors(result) -> np.ndarray:
     return np.stack(rows)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 TEXTS = ["a photo of a cat", "a diagram", "two dogs on a beach"]
 
 
@@ -64,7 +61,7 @@ def test_openai_sdk_texts_match_grpc(openai_client, channel, encoding):
     got = _vectors(result)
     want = _grpc_embed(channel, [inference_pb2.Input(text=t) for t in TEXTS])
     assert got.shape == want.shape
-    assert _cosines(got, want).min() >= 0.99999
+    assert cosine_rows(got, want).min() >= 0.99999
     # Real token counts: start and end tokens around each text's tokens.
     assert result.usage.prompt_tokens == result.usage.total_tokens > 2 * len(TEXTS)
 
@@ -87,10 +84,10 @@ def test_openai_sdk_images_match_grpc(openai_client, channel, encoding):
     )
     got = _vectors(result)
     want = _grpc_embed(channel, [inference_pb2.Input(image=i) for i in images])
-    assert _cosines(got, want).min() >= 0.99999
+    assert cosine_rows(got, want).min() >= 0.99999
     # A data URI of an image is an image even without `modality`.
     alone = openai_client.embeddings.create(model="tiny", input=[uri])
-    assert _cosines(_vectors(alone), want[:1]).min() >= 0.99999
+    assert cosine_rows(_vectors(alone), want[:1]).min() >= 0.99999
 
 
 def test_openai_sdk_errors(openai_client):

@@ -21,6 +21,7 @@ from lens_server.repository import Repository
 from lens_server.runtime.choose import PROGRAM_PARITY, Choice, _measure, open_tower
 from lens_server.runtime.onnx import OnnxTower
 from lens_server.runtime.program import ProgramTower
+from lens_server.vectors import cosine_rows
 from tests.conftest import TINY_ARCH, ServerProcess, encode, photo
 from tests.server.test_grpc import TEXTS, embed, images_in_formats, matrix
 
@@ -34,12 +35,6 @@ def _version(repo: Path) -> tuple[dict, Path]:
 
 def _image_probe(n: int) -> np.ndarray:
     return np.random.default_rng(1).normal(size=(n, 3, 32, 32)).astype(np.float32)
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.sum(a * b, axis=1)
 
 
 def test_export_writes_fp16_programs_that_passed_parity(tiny_repo):
@@ -65,7 +60,7 @@ def test_program_runs_the_tower_in_fp16_like_onnx(tiny_repo):
         x = _image_probe(n)
         out = program(x)
         assert out.dtype == np.float32 and out.shape == (n, manifest["dim"])
-        assert _cosines(onnx(x), out).min() >= PROGRAM_PARITY
+        assert cosine_rows(onnx(x), out).min() >= PROGRAM_PARITY
 
 
 def test_a_program_is_moved_whole_to_its_device(tiny_repo):
@@ -141,7 +136,7 @@ def test_server_on_the_program_runtime(tiny_repo, channel):
     try:
         with grpc.insecure_channel(server.address) as ours:
             got = matrix(embed(ours, *inputs))
-            assert _cosines(expected, got).min() >= PROGRAM_PARITY
+            assert cosine_rows(expected, got).min() >= PROGRAM_PARITY
             info = models_pb2_grpc.ModelsStub(ours).GetModel(
                 models_pb2.GetModelRequest(name="tiny"), timeout=10
             )
@@ -201,7 +196,7 @@ def test_cuda_graphs_match_eager_for_every_bucket(tiny_repo):
     onnx = OnnxTower(folder / "image.onnx", CPU, manifest["dim"])
     for n in (1, 5, 8, 9, 32, 40):  # in buckets, padded into them, and above the largest
         x = _image_probe(n)
-        assert _cosines(onnx(x), program(x)).min() >= PROGRAM_PARITY
+        assert cosine_rows(onnx(x), program(x)).min() >= PROGRAM_PARITY
 
 
 def test_server_decoding_images_on_the_device(tiny_repo, channel):
@@ -214,7 +209,7 @@ def test_server_decoding_images_on_the_device(tiny_repo, channel):
     try:
         with grpc.insecure_channel(server.address) as ours:
             got = matrix(embed(ours, *inputs))
-            assert _cosines(expected, got).min() >= 0.999
+            assert cosine_rows(expected, got).min() >= 0.999
             truncated = jpegs[0][: len(jpegs[0]) // 2]
             with pytest.raises(grpc.RpcError) as failed:
                 embed(ours, inputs[0], inputs[1], inference_pb2.Input(image=truncated))
@@ -273,7 +268,7 @@ index = VectorIndex.build("flat", 32, "cosine", IndexConfig(), np.empty((0, 32),
 assert [c.runtime for c in towers.values()] == ["onnx", "onnx"] and index.device == "cpu"
 print("torch" in sys.modules)
 """
-    if any(p.exists() for p in gpu._DRIVER):  # where gpu.cuda_available() imports torch
+    if gpu.driver_present():  # where gpu.cuda_available() imports torch
         pytest.skip("this machine has the NVIDIA driver: torch decides there")
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
