@@ -30,7 +30,10 @@ class HttpServer:
         """Listens and returns the port. The socket is bound here (not by uvicorn) so that
         port 0 gives the port chosen, and uvicorn installs no signal handlers of its own."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
+        # proto says TCP, and a response written as headers then body otherwise waits out
+        # the client's delayed ACK (40 ms on Linux).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
