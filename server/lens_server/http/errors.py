@@ -7,6 +7,7 @@ with the status from the one table in `lens_server.errors`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -60,7 +61,9 @@ def validation_message(error: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """The app's handlers: LensError by its table, validation as 400, the rest as 500."""
+    """The app's handlers: LensError by its table, validation as 400, the rest as 500; and
+    the schema says so (FastAPI documents validation errors as 422 by default)."""
+    _openapi_without_422(app)
 
     @app.exception_handler(LensError)
     async def _lens(request: Request, error: LensError) -> JSONResponse:
@@ -81,6 +84,22 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(request: Request, error: Exception) -> JSONResponse:
         return lens_error(error, f"{request.method} {request.url.path}")
+
+
+def _openapi_without_422(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI keeps it as app.openapi_schema
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # Error statuses every route may answer, for the OpenAPI schema.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lens_server.core import Core
 from lens_server.errors import InvalidInput
@@ -38,6 +38,15 @@ class EmbeddingsRequest(BaseModel):
     )
     user: str | None = None
     modality: Literal["text", "image"] = "text"
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, value: object) -> object:
+        # OpenAI also takes token ids (a list of ints, or of lists of ints); lens tokenizes
+        # with the model's own tokenizer, so ids made by another would mean other words.
+        if isinstance(value, list) and any(type(v) is int or isinstance(v, list) for v in value):
+            raise ValueError("token ids are not accepted: send the texts themselves")
+        return value
 
 
 class Embedding(BaseModel):
