@@ -1,4 +1,8 @@
-"""What the routes are given: the core and the fetcher the app was built with."""
+"""What the routes are given: the core and the fetcher the app was built with.
+
+Coroutines, though they await nothing: FastAPI runs a plain function dependency on a worker
+thread, two thread hops a request for an attribute read each.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from lens_server.core import Core
 from lens_server.http.fetch import Fetcher
 
 
-def core_of(request: Request) -> Core:
+async def core_of(request: Request) -> Core:
     return request.app.state.core
 
 
-def fetcher_of(request: Request) -> Fetcher:
+async def fetcher_of(request: Request) -> Fetcher:
     return request.app.state.fetcher
