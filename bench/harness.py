@@ -15,6 +15,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,26 @@ def save(report: dict[str, Any], stem: str, out: Path | None = None) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Served:
+    """A `lens serve` process and where it listens: gRPC `address` (HOST:PORT) and the HTTP
+    base URL (`http://HOST:PORT`; "" when started with --no-http)."""
+
+    process: subprocess.Popen[str]
+    address: str
+    http: str
+
+
 def start_server(repo: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
     """`lens serve` on a free port, with an empty collections folder of its own; returns the
     process and the address it listens on."""
+    served = serve(repo, *options)
+    return served.process, served.address
+
+
+def serve(repo: Path, *options: str) -> Served:
+    """`lens serve` on free gRPC and HTTP ports (`options` may set others), with an empty
+    collections folder of its own."""
     lens = Path(sys.executable).with_name("lens")
     collections = tempfile.mkdtemp(prefix="bench-collections-")
     process = subprocess.Popen(
@@ -57,6 +75,8 @@ def start_server(repo: Path, *options: str) -> tuple[subprocess.Popen[str], str]
             collections,
             "--port",
             "0",
+            "--http-port",
+            "0",
             "--log-level",
             "warning",
             *options,
@@ -68,12 +88,15 @@ def start_server(repo: Path, *options: str) -> tuple[subprocess.Popen[str], str]
     )
     assert process.stdout is not None
     said: deque[str] = deque(maxlen=200)
+    http = ""
     for line in process.stdout:
         said.append(line)
+        if match := re.search(r"HTTP/JSON API on (http://\S+)", line):
+            http = match.group(1)  # said before the gRPC line
         if match := re.search(r"lens serving .* on (\S+:\d+)", line):
             # Keep reading what it says, so that a full pipe never stalls it.
             threading.Thread(target=deque, args=(process.stdout, 0), daemon=True).start()
-            return process, match.group(1)
+            return Served(process, match.group(1), http)
     raise RuntimeError(f"server did not start (exit {process.wait()}):\n{''.join(said)}")
 
 
