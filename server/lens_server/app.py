@@ -113,6 +113,9 @@ class LensServer:
                 self.readiness,
                 self.config.limits.max_message_bytes,
                 FetchConfig(allow=self.config.allow_url_fetch),
+                compat=self.config.compat,
+                aliases=dict(self.config.aliases),
+                weaviate_model=self.config.weaviate_model,
             )
             self._http = HttpServer(
                 app, self.config.host, self.config.http_port, self.config.grace_s

@@ -85,13 +85,51 @@ def serve(
         float,
         typer.Option(help="Seconds between reads of the repository; 0: only on `models reload`."),
     ] = 10.0,
+    compat: Annotated[
+        str,
+        typer.Option(
+            help="Other apps' APIs to serve on the HTTP port, comma-separated: kserve (KServe "
+            "v2, on the gRPC port too), immich (Immich's machine learning: "
+            "IMMICH_MACHINE_LEARNING_URL=http://HOST:PORT), weaviate (multi2vec-clip: "
+            "CLIP_INFERENCE_API=http://HOST:PORT); '' for none."
+        ),
+    ] = "kserve",
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ALIAS=MODEL[:VERSION]: a name another app gives a model, e.g. Immich's "
+            "ViT-B-32__openai=clip. Repeatable."
+        ),
+    ] = None,
+    weaviate_model: Annotated[
+        str,
+        typer.Option(help="Model (NAME[:VERSION]) of the Weaviate routes; default: the default."),
+    ] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Serve the models of a repository over gRPC and HTTP/JSON."""
+    """Serve the models of a repository over gRPC and HTTP/JSON.
+
+    Other apps use lens through --compat (docs/compat.md).
+
+    Immich (smart search): lens serve --host 0.0.0.0 --compat immich
+    --alias ViT-B-32__openai=MODEL (a MODEL of the dimension Immich gives
+    that name), and in the Immich server's environment
+    IMMICH_MACHINE_LEARNING_URL=http://lens:8080.
+
+    Weaviate (multi2vec-clip): lens serve --host 0.0.0.0 --compat weaviate,
+    and in Weaviate's docker-compose environment
+    ENABLE_MODULES=multi2vec-clip and CLIP_INFERENCE_API=http://lens:8080.
+    """
     import asyncio
 
     from lens_server.app import serve as run
-    from lens_server.config import BatchConfig, Limits, RuntimeConfig, ServerConfig
+    from lens_server.config import (
+        BatchConfig,
+        Limits,
+        RuntimeConfig,
+        ServerConfig,
+        parse_aliases,
+    )
     from lens_server.errors import LensError
     from lens_server.gpu import cuda_available
 
@@ -122,6 +160,9 @@ def serve(
             runtime=runtime,
             memory_budget_bytes=parse_bytes(memory_budget),
             poll_s=poll_s,
+            compat=tuple(name.strip() for name in compat.split(",") if name.strip()),
+            aliases=parse_aliases(alias or []),
+            weaviate_model=weaviate_model,
         )
         asyncio.run(run(config))
     except (ValueError, LensError, OSError) as e:

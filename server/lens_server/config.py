@@ -63,6 +63,20 @@ class Limits:
 
 ENGINES = ("auto", "onnx", "program")
 IMAGE_DECODE = ("auto", "cpu", "device")
+# Other apps' APIs lens can answer (`lens serve --compat`): KServe's v2 inference protocol,
+# Immich's machine-learning service, Weaviate's multi2vec-clip inference container.
+COMPAT = ("kserve", "immich", "weaviate")
+
+
+def parse_aliases(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    """`ALIAS=MODEL` strings (`--alias`) → ServerConfig.aliases; ValueError names a bad one."""
+    pairs = []
+    for spec in specs:
+        alias, sep, model = spec.partition("=")
+        if not sep:
+            raise ValueError(f"alias {spec!r}: give ALIAS=MODEL, e.g. ViT-B-32__openai=clip")
+        pairs.append((alias.strip(), model.strip()))
+    return tuple(pairs)
 
 
 def _default_workers() -> int:
@@ -133,8 +147,25 @@ class ServerConfig:
     # Seconds between reads of the repository (new models, changed files); 0: only on
     # ReloadRepository.
     poll_s: float = 10.0
+    # Other apps' APIs served on the HTTP port beside lens's own (names from COMPAT).
+    compat: tuple[str, ...] = ("kserve",)
+    # Names other apps give models (Immich's "ViT-B-32__openai") → "NAME[:VERSION]" of a lens
+    # model, as (alias, model) pairs.
+    aliases: tuple[tuple[str, str], ...] = ()
+    # The model Weaviate's multi2vec-clip routes use ("NAME[:VERSION]"); '': the default.
+    weaviate_model: str = ""
 
     def __post_init__(self) -> None:
+        if unknown := sorted(set(self.compat) - set(COMPAT)):
+            raise ValueError(
+                f"compat: unknown API {', '.join(unknown)}; known: {', '.join(COMPAT)}"
+            )
+        aliased = [alias for alias, _ in self.aliases]
+        for alias, model in self.aliases:
+            if not alias or not model:
+                raise ValueError(f"alias {alias!r}={model!r}: give ALIAS=MODEL, both non-empty")
+            if aliased.count(alias) > 1:
+                raise ValueError(f"alias {alias!r} is given more than once")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.http_port < 65536:

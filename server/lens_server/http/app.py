@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI
 
 from lens_server.core import Core
@@ -15,6 +17,7 @@ from lens_server.http import (
     openai,
     search,
 )
+from lens_server.http import compat as compat_apis
 from lens_server.http.fetch import FetchConfig, Fetcher
 from lens_server.http.guard import Guard
 from lens_server.http.health import Readiness
@@ -25,9 +28,14 @@ def build_app(
     readiness: Readiness,
     max_body_bytes: int,
     fetch: FetchConfig | None = None,
+    compat: tuple[str, ...] = ("kserve",),
+    aliases: Mapping[str, str] | None = None,
+    weaviate_model: str = "",
 ) -> Guard:
     """The HTTP API over `core`; `readiness()` says why the server is not serving ('' when
-    it is)."""
+    it is). Other apps' APIs are served where `compat` names them
+    (`lens_server.http.compat`): Immich's with its model names mapped through `aliases`,
+    Weaviate's through `weaviate_model`."""
     app = FastAPI(
         title="lens",
         summary="Image and text embeddings, zero-shot classification and vector search.",
@@ -39,4 +47,6 @@ def build_app(
     errors.install(app)
     for module in (openai, embed, classify, collections, search, models, health):
         app.include_router(module.router)
+    for router in compat_apis.routers(compat, aliases or {}, weaviate_model):
+        app.include_router(router)
     return Guard(app, max_body_bytes)

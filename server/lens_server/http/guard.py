@@ -28,8 +28,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Routes that take multipart/form-data uploads beside JSON.
-UPLOADS = re.compile(r"^/v1/(embed|classify|collections/[^/]+/search)$")
+# Routes that take multipart/form-data uploads beside JSON (Immich's /predict: only that).
+UPLOADS = re.compile(r"^/v1/(embed|classify|collections/[^/]+/search)$|^/predict$")
+# Immich's machine learning (`lens_server.http.compat.immich`): its refusals are FastAPI's
+# `{"detail": "..."}`. Weaviate's multi2vec-clip (`...compat.weaviate`): its Go client sends
+# JSON with no content type, and reads refusals as `{"error": "..."}`.
+IMMICH = re.compile(r"^/predict$")
+WEAVIATE = re.compile(r"^/vectorize$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
@@ -46,7 +51,7 @@ class Guard:
         try:
             body = await self._body(scope, headers, receive)
         except (TooLarge, UnsupportedMediaType) as e:
-            await _refuse(send, e)
+            await _refuse(send, e, scope["path"])
             return
         if body is None:  # the client left before its request arrived
             return
@@ -107,6 +112,8 @@ def _check_type(path: str, content_type: str) -> None:
     media = content_type.split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         return
+    if not media and WEAVIATE.match(path):
+        return
     if media == "multipart/form-data" and UPLOADS.match(path):
         return
     takes = "application/json or multipart/form-data" if UPLOADS.match(path) else "application/json"
@@ -115,9 +122,14 @@ def _check_type(path: str, content_type: str) -> None:
     )
 
 
-async def _refuse(send: Send, error: BaseException) -> None:
+async def _refuse(send: Send, error: BaseException, path: str) -> None:
     status, message, kind = status_of(error)
-    body = json.dumps({"error": {"message": message, "type": kind, "code": status.http}})
+    if WEAVIATE.match(path):
+        body = json.dumps({"error": message})
+    elif IMMICH.match(path):
+        body = json.dumps({"detail": message})
+    else:
+        body = json.dumps({"error": {"message": message, "type": kind, "code": status.http}})
     await send(
         {
             "type": "http.response.start",
