@@ -19,7 +19,7 @@ LENS_MODEL ?= clip-vit-b-32
 endif
 BENCH_MODEL ?= clip-vit-b-32
 EXTRAS ?= train,index,dev
-PROTOS := $(wildcard protos/lens/v1/*.proto)
+PROTOS := $(wildcard protos/lens/v1/*.proto protos/inference/*.proto)
 
 .PHONY: setup proto model serve test lint format typecheck pytest bench clean
 
@@ -34,7 +34,8 @@ $(VENV)/.installed: pyproject.toml $(PROTOS)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-# Generated Python for the protocol: package `lens.v1` under gen/, never edited by hand.
+# Generated Python for the protocols: packages `lens.v1` and `inference` (KServe v2) under gen/,
+# never edited by hand.
 proto:
 	$(BIN)/python protos/generate.py
 

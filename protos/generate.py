@@ -1,4 +1,5 @@
-"""Generates the Python package `lens.v1` from protos/lens/v1/*.proto into gen/.
+"""Generates the Python packages `lens.v1` (protos/lens/v1/*.proto) and `inference` (KServe v2's
+GRPCInferenceService, protos/inference/*.proto) into gen/.
 
 Run by `make proto` and by the Dockerfile; the output is never edited by hand or committed.
 Type stubs (.pyi) come with it; gRPC stub types too where mypy-protobuf is installed.
@@ -32,9 +33,10 @@ def main(out: Path = ROOT / "gen") -> None:
         args.append(f"--pyi_out={out}")
     if protoc.main([*args, *protos]) != 0:
         raise SystemExit("protoc failed")
-    for package in ("lens", "lens/v1"):
+    for package in ("lens", "lens/v1", "inference"):
         (out / package / "__init__.py").touch()
-    (out / "lens" / "py.typed").touch()
+    for package in ("lens", "inference"):
+        (out / package / "py.typed").touch()
 
 
 if __name__ == "__main__":
