@@ -94,10 +94,11 @@ class LensServer:
         )
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(core.models), server)
         index_pb2_grpc.add_IndexServicer_to_server(IndexServicer(core.indexing), server)
+        served = [*SERVICES, *([self._add_kserve()] if "kserve" in self.config.compat else [])]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
-                *SERVICES,
+                *served,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -121,9 +122,18 @@ class LensServer:
                 app, self.config.host, self.config.http_port, self.config.grace_s
             )
             self.http_port = await self._http.start()
-        for service in ("", *SERVICES):
+        for service in ("", *served):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _add_kserve(self) -> str:
+        """KServe v2's GRPCInferenceService beside lens.v1; returns its full name."""
+        # Imported only where served: tritonclient.grpc's copy of the `inference` protos
+        # cannot share a process with lens's (protobuf refuses a name defined twice).
+        from lens_server.services import kserve
+
+        servicer = kserve.KServeServicer(self.core, self.readiness)
+        return kserve.add_to_server(servicer, self._server)
 
     def readiness(self) -> str:
         """'' once the default model and every version a collection is pinned to serve or
