@@ -13,6 +13,7 @@ from lens_server.http import (
     embed,
     errors,
     health,
+    kserve,
     models,
     openai,
     search,
@@ -33,9 +34,9 @@ def build_app(
     weaviate_model: str = "",
 ) -> Guard:
     """The HTTP API over `core`; `readiness()` says why the server is not serving ('' when
-    it is). Other apps' APIs are served where `compat` names them
-    (`lens_server.http.compat`): Immich's with its model names mapped through `aliases`,
-    Weaviate's through `weaviate_model`."""
+    it is). Other apps' APIs are served where `compat` names them: KServe v2's
+    (`lens_server.http.kserve`), and (`lens_server.http.compat`) Immich's with its model
+    names mapped through `aliases`, Weaviate's through `weaviate_model`."""
     app = FastAPI(
         title="lens",
         summary="Image and text embeddings, zero-shot classification and vector search.",
@@ -47,6 +48,8 @@ def build_app(
     errors.install(app)
     for module in (openai, embed, classify, collections, search, models, health):
         app.include_router(module.router)
+    if "kserve" in compat:
+        app.include_router(kserve.router)
     for router in compat_apis.routers(compat, aliases or {}, weaviate_model):
         app.include_router(router)
     return Guard(app, max_body_bytes)

@@ -35,6 +35,11 @@ UPLOADS = re.compile(r"^/v1/(embed|classify|collections/[^/]+/search)$|^/predict
 # JSON with no content type, and reads refusals as `{"error": "..."}`.
 IMMICH = re.compile(r"^/predict$")
 WEAVIATE = re.compile(r"^/vectorize$")
+# KServe v2 (`lens_server.http.kserve`): Triton's clients send no content type, and an
+# inference body with binary tensors (a JSON header, then their bytes) as octet-stream; its
+# refusals are KServe's `{"error": "..."}`.
+KSERVE = re.compile(r"^/v2(/|$)")
+KSERVE_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
@@ -114,9 +119,15 @@ def _check_type(path: str, content_type: str) -> None:
         return
     if not media and WEAVIATE.match(path):
         return
+    if KSERVE.match(path) and (
+        not media or (media == "application/octet-stream" and KSERVE_INFER.match(path))
+    ):
+        return
     if media == "multipart/form-data" and UPLOADS.match(path):
         return
     takes = "application/json or multipart/form-data" if UPLOADS.match(path) else "application/json"
+    if KSERVE_INFER.match(path):
+        takes = "application/json or application/octet-stream (binary tensors)"
     raise UnsupportedMediaType(
         f"content type {media or 'none'!r} is not supported here: send {takes}"
     )
@@ -124,7 +135,7 @@ def _check_type(path: str, content_type: str) -> None:
 
 async def _refuse(send: Send, error: BaseException, path: str) -> None:
     status, message, kind = status_of(error)
-    if WEAVIATE.match(path):
+    if KSERVE.match(path) or WEAVIATE.match(path):
         body = json.dumps({"error": message})
     elif IMMICH.match(path):
         body = json.dumps({"detail": message})
