@@ -10,9 +10,12 @@ module and in-process servers elsewhere in the suite load). The checks are made 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from multiprocessing.pool import Pool
@@ -343,3 +346,23 @@ def test_kserve_can_be_turned_off(tiny_repo: Path):
         assert httpx.get(f"{proc.http}/v2/health/live", timeout=30).status_code == 404
     finally:
         proc.stop()
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs(tmp_path: Path):
+    """bench/kserve.py, Triton's clients against Embed, runs end to end (tiny model)."""
+    root = Path(__file__).resolve().parents[3]
+    out = tmp_path / "kserve.json"
+    result = subprocess.run(
+        [sys.executable, "kserve.py", "--tiny", "--out", str(out)],
+        cwd=root / "bench",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["targets"]) <= set(report["figures"])
+    rates = [v for k, v in report["figures"].items() if k.endswith("_per_s")]
+    assert len(rates) == 6 and all(r > 0 for r in rates)
+    assert set(report["latency_single_text"]) == {"embed", "kserve_grpc", "kserve_http"}
