@@ -34,10 +34,12 @@ class AsyncLensClient(Calls):
         with Responses(make()) as responses:
             call = responses.call
             if call.stream:
-                async for response in call.method(call.request, timeout=call.timeout):
+                answers = call.method(call.request, timeout=call.timeout, metadata=self._metadata)
+                async for response in answers:
                     responses.add(response)
             else:
-                responses.add(await call.method(call.request, timeout=call.timeout))
+                answer = call.method(call.request, timeout=call.timeout, metadata=self._metadata)
+                responses.add(await answer)
         return responses.result()
 
     async def healthy(self, service: str = "") -> bool:

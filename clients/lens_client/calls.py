@@ -33,6 +33,8 @@ class Calls(CollectionCalls, ClassifyCalls):
     `timeout` is the deadline of each call in seconds; `retries` is how many times a call that
     failed with UNAVAILABLE is retried, with exponential backoff (gRPC's retry policy).
     `model` is `NAME[:VERSION]`, the default for every call; None: the server's default.
+    `api_key` is sent with every call as `authorization: Bearer KEY` metadata; None: the
+    LENS_API_KEY environment variable, if set.
     """
 
     def __init__(
@@ -42,10 +44,12 @@ class Calls(CollectionCalls, ClassifyCalls):
         model: str | None = None,
         timeout: float = 120.0,
         retries: int = 4,
+        api_key: str | None = None,
     ) -> None:
         self.address = codec.server_address(server)
         self.model = model
         self.timeout = timeout
+        self._metadata = codec.call_metadata(api_key)
         self._channel = self._connect(self.address, codec.channel_options(retries))
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)

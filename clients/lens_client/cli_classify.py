@@ -9,6 +9,7 @@ import typer
 
 from lens_client import codec
 from lens_client.cli_common import (
+    ApiKey,
     Model,
     Server,
     app,
@@ -52,6 +53,7 @@ def classify(
     threshold: Annotated[float, typer.Option(help="Multi-label: lowest probability shown.")] = 0.5,
     model: Model = None,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Classify images zero-shot (--labels) or with a saved classifier; one JSON line each."""
     if (labels is None) == (classifier is None):
@@ -59,7 +61,7 @@ def classify(
     for path in images:
         if not path.is_file():
             fail(f"{path}: no such file", 2)
-    with connect(server, model=model) as client:
+    with connect(server, api_key=api_key, model=model) as client:
         results = client.classify(
             images,
             labels=_labels(labels) if labels is not None else None,
@@ -87,6 +89,7 @@ def classifier_create(
     ] = 0.0,
     model: Model = None,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Save a classifier: zero-shot from labels, or few-shot from example images."""
     if (labels is None) == (examples is None):
@@ -101,7 +104,7 @@ def classifier_create(
         empty = [label for label, files in shots.items() if not files]
         if empty:
             fail(f"{examples}: class {empty[0]!r} has no images", 2)
-    with connect(server, model=model) as client:
+    with connect(server, api_key=api_key, model=model) as client:
         info = client.create_classifier(
             name,
             labels=_labels(labels) if labels is not None else None,
@@ -113,23 +116,27 @@ def classifier_create(
 
 
 @classifier_app.command("ls")
-def classifier_ls(server: Server = codec.DEFAULT_SERVER) -> None:
+def classifier_ls(server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """List the saved classifiers, one JSON line each."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         for info in client.classifiers():
             print_json(info)
 
 
 @classifier_app.command("get")
-def classifier_get(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+def classifier_get(
+    name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None
+) -> None:
     """A saved classifier: model, kind, labels, templates, shots, versions computed."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         print_json(client.get_classifier(name))
 
 
 @classifier_app.command("delete")
-def classifier_delete(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+def classifier_delete(
+    name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None
+) -> None:
     """Delete a saved classifier."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         client.delete_classifier(name)
     typer.echo(f"{name}: deleted", err=True)

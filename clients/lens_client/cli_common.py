@@ -34,6 +34,15 @@ app.add_typer(models_app, name="models")
 Server = Annotated[
     str, typer.Option("--server", envvar="LENS_SERVER", help="Server address HOST:PORT.")
 ]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="LENS_API_KEY",
+        show_default=False,
+        help="API key, for a server that requires one (LENS_API_KEY keeps it out of `ps`).",
+    ),
+]
 Repo = Annotated[Path, typer.Option("--repo", envvar="LENS_REPO", help="Model repository folder.")]
 Model = Annotated[
     str | None, typer.Option("--model", help="NAME[:VERSION]; default: the server's default.")
@@ -49,12 +58,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 @contextmanager
-def connect(server: str, **options: Any) -> Iterator[LensClient]:
+def connect(server: str, api_key: str | None = None, **options: Any) -> Iterator[LensClient]:
     """A client whose refusals (and bad arguments) end the command with one line."""
     from lens_client.client import LensClient
 
     try:
-        with LensClient(server, **options) as client:
+        with LensClient(server, api_key=api_key, **options) as client:
             yield client
     except (codec.LensClientError, ValueError) as e:
         fail(str(e))

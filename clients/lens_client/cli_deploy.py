@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lens_client import codec
-from lens_client.cli_common import Server, app, connect, models_app
+from lens_client.cli_common import ApiKey, Server, app, connect, models_app
 
 KeepCollections = Annotated[
     bool,
@@ -23,21 +23,25 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 @models_app.callback(invoke_without_command=True)
 def models(
-    ctx: typer.Context, server: Server = codec.DEFAULT_SERVER, as_json: AsJson = False
+    ctx: typer.Context,
+    server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
 ) -> None:
     """List the server's models and their versions (as `lens models ls`)."""
     if ctx.invoked_subcommand is None:
-        models_ls(None, server, as_json)
+        models_ls(None, server, api_key, as_json)
 
 
 @models_app.command("ls")
 def models_ls(
     name: Annotated[str | None, typer.Argument(help="One model; default: all.")] = None,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """List the server's models and their versions, with their state."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         found = [client.get_model(name)] if name else client.models()
     _print_models(found, as_json)
 
@@ -46,9 +50,10 @@ def models_ls(
 def models_load(
     model: Annotated[str, typer.Argument(help="NAME[:VERSION]; default version: the newest.")],
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Load and warm up a version beside the loaded ones (requests naming it get it)."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         _print_models([client.load_model(model)], False)
 
 
@@ -56,16 +61,19 @@ def models_load(
 def models_unload(
     model: Annotated[str, typer.Argument(help="NAME:VERSION, or NAME for every version.")],
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Unload a version once its requests in flight have finished."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         _print_models([client.unload_model(model)], False)
 
 
 @models_app.command("reload")
-def models_reload(server: Server = codec.DEFAULT_SERVER, as_json: AsJson = False) -> None:
+def models_reload(
+    server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None, as_json: AsJson = False
+) -> None:
     """Have the server read its repository now (new models and versions, changed files)."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         _print_models(client.reload_models(), as_json)
 
 
@@ -75,9 +83,10 @@ def deploy(
     version: Annotated[int, typer.Argument(help="The version to serve; 0: the newest.")] = 0,
     keep_collections: KeepCollections = False,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Serve another version of a model with no failed request; collections follow."""
-    with connect(server, timeout=600) as client:
+    with connect(server, api_key=api_key, timeout=600) as client:
         _print_deploy(client.deploy(name, version, keep_collections=keep_collections))
 
 
@@ -86,9 +95,10 @@ def rollback(
     name: Annotated[str, typer.Argument(help="The model.")],
     keep_collections: KeepCollections = False,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Serve again the version that served before the current one."""
-    with connect(server, timeout=600) as client:
+    with connect(server, api_key=api_key, timeout=600) as client:
         _print_deploy(client.rollback(name, keep_collections=keep_collections))
 
 

@@ -11,6 +11,7 @@ import typer
 
 from lens_client import codec
 from lens_client.cli_common import (
+    ApiKey,
     Model,
     Server,
     app,
@@ -30,9 +31,10 @@ def index_create(
     metric: Annotated[str, typer.Option(help="cosine, inner_product or l2.")] = "cosine",
     dim: Annotated[int, typer.Option(help="Vectors only: their length (no model).")] = 0,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Create a collection pinned to a model version (or of raw vectors with --dim)."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         print_json(
             client.create_collection(name, model=model, index=index_type, metric=metric, dim=dim)
         )
@@ -44,6 +46,7 @@ def index_add(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
     batch_size: Annotated[int, typer.Option(help="Images per request.")] = 32,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Add images; ids are the file paths. Ids already present are skipped, so a re-run
     after an interruption adds only what is missing."""
@@ -51,7 +54,7 @@ def index_add(
     if not files:
         fail("no image files found (jpg, jpeg, png, webp, bmp, gif)", 2)
     ids = [str(f) for f in files]
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         present = {
             item["id"]
             for start in range(0, len(ids), 1000)
@@ -80,6 +83,7 @@ def search(
     ] = None,
     exact: Annotated[bool, typer.Option(help="Brute-force search (for checking recall).")] = False,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Search a collection by image, text or item id; one JSON line per hit."""
     if sum(q is not None for q in (image, text, item)) != 1:
@@ -90,7 +94,7 @@ def search(
         filter_ = json.loads(filter_json) if filter_json else None
     except json.JSONDecodeError as e:
         fail(f"--filter is not JSON: {e}", 2)
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         hits = client.search(
             name, image=image, text=text, id=item, k=k, filter=filter_, exact=exact
         )
@@ -99,17 +103,19 @@ def search(
 
 
 @index_app.command("ls")
-def index_ls(server: Server = codec.DEFAULT_SERVER) -> None:
+def index_ls(server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """List the collections, one JSON line each."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         for info in client.collections():
             print_json(info)
 
 
 @index_app.command("describe")
-def index_describe(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+def index_describe(
+    name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None
+) -> None:
     """Count, dimension, model version, index, memory, last snapshot."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         print_json(client.describe_collection(name))
 
 
@@ -120,17 +126,18 @@ def index_reindex(
         int, typer.Option(help="Version of the collection's model; 0: the serving one.")
     ] = 0,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Re-embed every item with another model version, in the background (searches keep
     answering from the current vectors until it swaps)."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         print_json(client.reindex_collection(name, version))
 
 
 @index_app.command("drop")
-def index_drop(name: str, server: Server = codec.DEFAULT_SERVER) -> None:
+def index_drop(name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """Delete a collection and its files."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         client.drop_collection(name)
     typer.echo(f"{name}: dropped", err=True)
 
@@ -142,9 +149,10 @@ def index_dedup(
         float, typer.Option(help="Similarity from which items are duplicates.")
     ] = 0.95,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
 ) -> None:
     """Print groups of near-duplicate items, one JSON line per group."""
-    with connect(server) as client:
+    with connect(server, api_key=api_key) as client:
         found = client.find_duplicates(name, threshold)
     for group in found["groups"]:
         print_json(group)

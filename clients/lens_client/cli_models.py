@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from lens_client import codec
-from lens_client.cli_common import Model, Server, app, connect, fail
+from lens_client.cli_common import ApiKey, Model, Server, app, connect, fail
 
 
 @app.command()
@@ -23,6 +23,7 @@ def embed(
     ] = None,
     model: Model = None,
     server: Server = codec.DEFAULT_SERVER,
+    api_key: ApiKey = None,
     batch_size: Annotated[int, typer.Option(help="Inputs per request.")] = 32,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = False,
 ) -> None:
@@ -33,7 +34,7 @@ def embed(
     for path in images:
         if not path.is_file():
             fail(f"{path}: no such file", 2)
-    with connect(server, model=model) as client:
+    with connect(server, api_key=api_key, model=model) as client:
         inputs = [*codec.image_inputs(images), *codec.text_inputs(texts)]
         result = client.embed(inputs, batch_size=batch_size, progress=progress, total=len(inputs))
     labels = [str(p) for p in images] + texts

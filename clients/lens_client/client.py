@@ -27,6 +27,7 @@ class LensClient(Calls):
     `timeout` is the deadline of each call in seconds; `retries` is how many times a call that
     failed with UNAVAILABLE is retried, with exponential backoff (gRPC's retry policy).
     `model` is `NAME[:VERSION]`, the default for every call; None: the server's default.
+    `api_key` is sent with every call (None: LENS_API_KEY, if set).
     """
 
     def _connect(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
@@ -35,7 +36,7 @@ class LensClient(Calls):
     def _run(self, make: Callable[[], Call[T]]) -> T:
         with Responses(make()) as responses:
             call = responses.call
-            answer = call.method(call.request, timeout=call.timeout)
+            answer = call.method(call.request, timeout=call.timeout, metadata=self._metadata)
             for response in answer if call.stream else [answer]:
                 responses.add(response)
         return responses.result()

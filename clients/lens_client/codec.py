@@ -159,6 +159,12 @@ def server_address(server: str | None) -> str:
     return server or os.environ.get("LENS_SERVER") or DEFAULT_SERVER
 
 
+def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: the API key (`api_key`, else LENS_API_KEY), if any."""
+    key = api_key or os.environ.get("LENS_API_KEY")
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
 def parse_model(spec: str | None) -> common_pb2.ModelRef:
     """`NAME[:VERSION]` → ModelRef; None or "" → the server's default model."""
     if not spec:

@@ -23,6 +23,7 @@ from lens.v1 import (
     models_pb2_grpc,
 )
 
+from lens_server.access.gate import Gate
 from lens_server.classifiers import ClassifierStore
 from lens_server.collections import Collections
 from lens_server.config import ServerConfig
@@ -32,6 +33,7 @@ from lens_server.http import HttpServer, build_app
 from lens_server.http.fetch import FetchConfig
 from lens_server.registry import Registry, State
 from lens_server.repository import Repository
+from lens_server.services.access import AccessInterceptor
 from lens_server.services.classify import ClassifiersServicer
 from lens_server.services.index import IndexServicer
 from lens_server.services.inference import InferenceServicer
@@ -69,12 +71,15 @@ class LensServer:
         )
         self._watcher: asyncio.Task[None] | None = None
         self._health = HealthServicer()
+        # Keys, scopes and limits per client, for both front doors.
+        self.gate = Gate(config.api_keys, config.client_limits)
         size = config.limits.max_message_bytes
         self._server = grpc.aio.server(
+            interceptors=[AccessInterceptor(self.gate)],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
-            ]
+            ],
         )
 
     async def start(self) -> int:
@@ -114,6 +119,7 @@ class LensServer:
                 self.readiness,
                 self.config.limits.max_message_bytes,
                 FetchConfig(allow=self.config.allow_url_fetch),
+                self.gate,
                 compat=self.config.compat,
                 aliases=dict(self.config.aliases),
                 weaviate_model=self.config.weaviate_model,
@@ -180,6 +186,7 @@ async def serve(config: ServerConfig) -> None:
         print(f"default model: {describe_default(server.registry)}", flush=True)
     if server.http_port:
         print(f"HTTP/JSON API on http://{config.host}:{server.http_port}", flush=True)
+    print(server.gate.describe(), flush=True)
     print(
         f"lens serving {len(models)} model(s) and {len(server.collections.names())} "
         f"collection(s) on {config.host}:{port} "

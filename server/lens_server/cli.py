@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -85,6 +86,23 @@ def serve(
         float,
         typer.Option(help="Seconds between reads of the repository; 0: only on `models reload`."),
     ] = 10.0,
+    api_keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="File of API keys, one 'KEY SCOPE[,SCOPE...]' a line (KEY or sha256:HEX; "
+            "scopes embed, write, admin); LENS_API_KEYS adds entries separated by ';'. "
+            "No keys: every call is open."
+        ),
+    ] = None,
+    rate_limit_rps: Annotated[
+        float, typer.Option(help="Requests a second per API key (or client address); 0: off.")
+    ] = 0,
+    rate_limit_inputs: Annotated[
+        float, typer.Option(help="Inputs a second per API key (or client address); 0: off.")
+    ] = 0,
+    max_in_flight_per_client: Annotated[
+        int, typer.Option(help="Requests at once per API key (or client address); 0: off.")
+    ] = 0,
     compat: Annotated[
         str,
         typer.Option(
@@ -122,9 +140,11 @@ def serve(
     """
     import asyncio
 
+    from lens_server.access.keys import ApiKeys, KeyListError
     from lens_server.app import serve as run
     from lens_server.config import (
         BatchConfig,
+        ClientLimits,
         Limits,
         RuntimeConfig,
         ServerConfig,
@@ -136,6 +156,10 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # a key list the server cannot use stops it before it listens, with exit code 2
+        keys = ApiKeys.read(api_keys, os.environ.get("LENS_API_KEYS"))
+    except KeyListError as e:
+        fail(str(e), 2)
     try:
         runtime = RuntimeConfig(
             engine=runtime_engine, image_decode=image_decode, intra_op_threads=threads
@@ -160,6 +184,8 @@ def serve(
             runtime=runtime,
             memory_budget_bytes=parse_bytes(memory_budget),
             poll_s=poll_s,
+            api_keys=keys,
+            client_limits=ClientLimits(rate_limit_rps, rate_limit_inputs, max_in_flight_per_client),
             compat=tuple(name.strip() for name in compat.split(",") if name.strip()),
             aliases=parse_aliases(alias or []),
             weaviate_model=weaviate_model,

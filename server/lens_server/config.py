@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lens_server.access.keys import ApiKeys
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -59,6 +61,22 @@ class Limits:
         for name in ("max_inputs_per_request", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client (an API key, or a peer address where no keys are set) may ask for:
+    requests and inputs a second, and requests in flight; 0: no limit. The queue bound of
+    each tower (BatchConfig.max_queue_size) holds for all clients together beside these."""
+
+    requests_per_s: float = 0
+    inputs_per_s: float = 0
+    max_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_s", "inputs_per_s", "max_in_flight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
 
 
 ENGINES = ("auto", "onnx", "program")
@@ -147,6 +165,9 @@ class ServerConfig:
     # Seconds between reads of the repository (new models, changed files); 0: only on
     # ReloadRepository.
     poll_s: float = 10.0
+    # The keys calls must carry, with their scopes; none: every call is open.
+    api_keys: ApiKeys = field(default_factory=ApiKeys)
+    client_limits: ClientLimits = field(default_factory=ClientLimits)
     # Other apps' APIs served on the HTTP port beside lens's own (names from COMPAT).
     compat: tuple[str, ...] = ("kserve",)
     # Names other apps give models (Immich's "ViT-B-32__openai") → "NAME[:VERSION]" of a lens

@@ -67,6 +67,28 @@ class Overloaded(LensError):
     retry_after_s = 1
 
 
+class RateLimited(Overloaded):
+    """A client (an API key, or a peer address where no keys are set) is over its limits."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(LensError):
+    """No API key, or one the server does not know, where keys are required."""
+
+    status = Status("UNAUTHENTICATED", 401)
+    kind = "authentication_error"
+
+
+class PermissionDenied(LensError):
+    """A valid API key without the scope the call needs (the message names it)."""
+
+    status = Status("PERMISSION_DENIED", 403)
+    kind = "permission_error"
+
+
 class DeadlineExceeded(LensError):
     status = Status("DEADLINE_EXCEEDED", 504)
     kind = "timeout_error"

@@ -1,4 +1,5 @@
-"""The ASGI app: the routers, the error handlers, and the guard in front of them."""
+"""The ASGI app: the routers, the error handlers, and in front of them the gate's key check,
+the guard, and the gate's limits (`lens_server.http.access`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI
 
+from lens_server.access.gate import Gate
 from lens_server.core import Core
 from lens_server.http import (
     classify,
@@ -19,8 +21,9 @@ from lens_server.http import (
     search,
 )
 from lens_server.http import compat as compat_apis
+from lens_server.http.access import Admit, Authenticate
 from lens_server.http.fetch import FetchConfig, Fetcher
-from lens_server.http.guard import Guard
+from lens_server.http.guard import ASGIApp, Guard
 from lens_server.http.health import Readiness
 
 
@@ -29,14 +32,17 @@ def build_app(
     readiness: Readiness,
     max_body_bytes: int,
     fetch: FetchConfig | None = None,
+    gate: Gate | None = None,
     compat: tuple[str, ...] = ("kserve",),
     aliases: Mapping[str, str] | None = None,
     weaviate_model: str = "",
-) -> Guard:
+) -> ASGIApp:
     """The HTTP API over `core`; `readiness()` says why the server is not serving ('' when
     it is). Other apps' APIs are served where `compat` names them: KServe v2's
     (`lens_server.http.kserve`), and (`lens_server.http.compat`) Immich's with its model
-    names mapped through `aliases`, Weaviate's through `weaviate_model`."""
+    names mapped through `aliases`, Weaviate's through `weaviate_model`. With a `gate`, a
+    request's key is checked before the guard reads its body, and its limits once the guard
+    has."""
     app = FastAPI(
         title="lens",
         summary="Image and text embeddings, zero-shot classification and vector search.",
@@ -52,4 +58,6 @@ def build_app(
         app.include_router(kserve.router)
     for router in compat_apis.routers(compat, aliases or {}, weaviate_model):
         app.include_router(router)
-    return Guard(app, max_body_bytes)
+    if gate is None:
+        return Guard(app, max_body_bytes)
+    return Authenticate(Guard(Admit(app, gate), max_body_bytes), gate)

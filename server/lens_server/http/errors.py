@@ -107,6 +107,8 @@ RESPONSES: dict[int | str, dict] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
         (400, "Bad input; the message names it"),
+        (401, "An API key is required (Authorization: Bearer KEY) and none valid was sent"),
+        (403, "The API key lacks the scope this route needs; the message names it"),
         (
             404,
             "Unknown model, version, collection or classifier; the message lists those that exist",
@@ -114,7 +116,7 @@ RESPONSES: dict[int | str, dict] = {
         (409, "Conflict with the server's state"),
         (413, "Request body over the size limit"),
         (415, "Unsupported content type"),
-        (429, "A queue is full; retry after Retry-After seconds"),
+        (429, "A queue is full, or the client is over its limits; retry after Retry-After s"),
         (503, "Not ready or shutting down"),
     )
 }
