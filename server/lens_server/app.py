@@ -31,9 +31,11 @@ from lens_server.core import Core
 from lens_server.deploy import Deployments
 from lens_server.http import HttpServer, build_app
 from lens_server.http.fetch import FetchConfig
+from lens_server.metrics import Metrics, watch
 from lens_server.registry import Registry, State
 from lens_server.repository import Repository
 from lens_server.services.access import AccessInterceptor
+from lens_server.services.calls import Calls
 from lens_server.services.classify import ClassifiersServicer
 from lens_server.services.index import IndexServicer
 from lens_server.services.inference import InferenceServicer
@@ -58,24 +60,36 @@ class LensServer:
         self.port = 0
         self.http_port = 0
         self._http: HttpServer | None = None
+        self.metrics_port = 0
+        self._metrics_http: HttpServer | None = None
         self._stopping = False
         self._decode_pool = ThreadPoolExecutor(
             config.runtime.decode_workers, thread_name_prefix="decode"
         )
-        self.registry = Registry(Repository(config.repo), config, self._decode_pool)
+        # Prometheus metrics on a registry of this server's own; none with --no-metrics.
+        self.metrics = Metrics() if config.metrics else None
+        self.registry = Registry(Repository(config.repo), config, self._decode_pool, self.metrics)
         self.collections = Collections(config.collections)
         self.classifiers = ClassifierStore(config.repo)
         self.deployments = Deployments(self.registry, self.collections, self.classifiers)
         self.core = Core.of(
-            self.registry, self.collections, self.classifiers, self.deployments, config
+            self.registry,
+            self.collections,
+            self.classifiers,
+            self.deployments,
+            config,
+            self.metrics,
         )
+        if self.metrics:
+            watch(self.metrics, self.registry, self.collections)
         self._watcher: asyncio.Task[None] | None = None
         self._health = HealthServicer()
         # Keys, scopes and limits per client, for both front doors.
         self.gate = Gate(config.api_keys, config.client_limits)
         size = config.limits.max_message_bytes
         self._server = grpc.aio.server(
-            interceptors=[AccessInterceptor(self.gate)],
+            # Calls first: it refuses undecodable requests before anything reads them.
+            interceptors=[Calls(self.metrics), AccessInterceptor(self.gate)],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
@@ -120,6 +134,8 @@ class LensServer:
                 self.config.limits.max_message_bytes,
                 FetchConfig(allow=self.config.allow_url_fetch),
                 self.gate,
+                metrics=self.metrics,
+                expose_metrics=self.config.metrics_port < 0,
                 compat=self.config.compat,
                 aliases=dict(self.config.aliases),
                 weaviate_model=self.config.weaviate_model,
@@ -128,6 +144,11 @@ class LensServer:
                 app, self.config.host, self.config.http_port, self.config.grace_s
             )
             self.http_port = await self._http.start()
+        if self.metrics and self.config.metrics_port >= 0:
+            self._metrics_http = HttpServer(
+                self.metrics.app(), self.config.host, self.config.metrics_port, self.config.grace_s
+            )
+            self.metrics_port = await self._metrics_http.start()
         for service in ("", *served):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -166,9 +187,8 @@ class LensServer:
         self._stopping = True
         await self._health.enter_graceful_shutdown()
         # Both front doors drain at once, each within grace_s.
-        await asyncio.gather(
-            self._server.stop(self.config.grace_s), *([self._http.stop()] if self._http else [])
-        )
+        http = [s.stop() for s in (self._http, self._metrics_http) if s]
+        await asyncio.gather(self._server.stop(self.config.grace_s), *http)
         if self._watcher:
             self._watcher.cancel()
         await self.deployments.close()  # re-indexes resume at the next start
@@ -186,6 +206,10 @@ async def serve(config: ServerConfig) -> None:
         print(f"default model: {describe_default(server.registry)}", flush=True)
     if server.http_port:
         print(f"HTTP/JSON API on http://{config.host}:{server.http_port}", flush=True)
+    if server.metrics_port:
+        print(
+            f"Prometheus metrics on http://{config.host}:{server.metrics_port}/metrics", flush=True
+        )
     print(server.gate.describe(), flush=True)
     print(
         f"lens serving {len(models)} model(s) and {len(server.collections.names())} "

@@ -25,15 +25,22 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from lens_server.config import BatchConfig
-from lens_server.errors import DeadlineExceeded, LensError, ModelError, Overloaded, Unavailable
+from lens_server.errors import (
+    DeadlineExceeded,
+    LensError,
+    ModelError,
+    Overloaded,
+    Unavailable,
+    status_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,42 @@ class BatchStats:
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=SIZES_KEPT))
 
 
+class BatchObserver(Protocol):
+    """Told what a batcher does, as it does it (the server's metrics); a batcher without one
+    works the same. Called on the event loop."""
+
+    def queued(self, depth: int) -> None:
+        """Inputs now waiting (both queues)."""
+
+    def waited(self, seconds: Sequence[float]) -> None:
+        """How long each input of a batch about to run waited in the queue."""
+
+    def ran(self, size: int, seconds: float) -> None:
+        """A batch of `size` inputs went through the tower in `seconds`."""
+
+    def failed(self, reason: str, count: int) -> None:
+        """`count` inputs got an error: `reason` is its gRPC status name (CANCELLED for those
+        whose request went away before they ran)."""
+
+
+class _Unobserved:
+    def queued(self, depth: int) -> None:
+        pass
+
+    def waited(self, seconds: Sequence[float]) -> None:
+        pass
+
+    def ran(self, size: int, seconds: float) -> None:
+        pass
+
+    def failed(self, reason: str, count: int) -> None:
+        pass
+
+
+def _reason(error: BaseException) -> str:
+    return status_of(error)[0].grpc
+
+
 class Batcher:
     """Batches single inputs of one tower across requests.
 
@@ -88,10 +131,12 @@ class Batcher:
         run: RunFn,
         config: BatchConfig,
         collate: Callable[[list[Any]], Any] = np.stack,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.stats = BatchStats()
+        self._observer: BatchObserver = observer or _Unobserved()
         self._run_fn = run
         self._collate = collate
         self._queue: deque[_Item] = deque()
@@ -120,6 +165,7 @@ class Batcher:
         queue = self._background if background else self._queue
         limit = self.config.max_queue_size
         if len(queue) + len(rows) > limit:
+            self._observer.failed("RESOURCE_EXHAUSTED", len(rows))
             raise Overloaded(
                 f"{self.name}: queue full ({len(queue)} of {limit} inputs waiting, "
                 f"this request adds {len(rows)}); retry later"
@@ -127,6 +173,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [_Item(row, loop.create_future(), deadline) for row in rows]
         queue.extend(items)
+        self._observer.queued(self.queued)
         self._arrived.set()
         try:
             outputs = await asyncio.gather(*(item.future for item in items))
@@ -194,22 +241,33 @@ class Batcher:
         queue, size = self._queue, self.config.max_batch_size
         if not queue:
             queue, size = self._background, max(1, size // 4)
+        cancelled = late = 0
         while queue and len(batch) < size:
             item = queue.popleft()
             if item.future.done():  # the request was cancelled or already failed
-                self.stats.dropped += 1
+                cancelled += 1
             elif item.deadline is not None and item.deadline <= now:
-                self.stats.dropped += 1
+                late += 1
                 item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
             else:
                 batch.append(item)
+        self.stats.dropped += cancelled + late
+        observer = self._observer
+        observer.queued(self.queued)
+        observer.waited([now - item.enqueued for item in batch])
+        if cancelled:
+            observer.failed("CANCELLED", cancelled)
+        if late:
+            observer.failed("DEADLINE_EXCEEDED", late)
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
         try:
             x = self._collate([item.x for item in batch])
             loop = asyncio.get_running_loop()
+            started = time.perf_counter()
             result = await loop.run_in_executor(self._executor, self._run_fn, x)
+            seconds = time.perf_counter() - started
             if isinstance(result, Partial):
                 out, errors = result.out, result.errors
             else:
@@ -219,6 +277,9 @@ class Batcher:
             self.stats.batches += 1
             self.stats.inputs += len(batch)
             self.stats.sizes.append(len(batch))
+            self._observer.ran(len(batch), seconds)
+            for error in errors.values():
+                self._observer.failed(_reason(error), 1)
             for i, (item, row) in enumerate(zip(batch, out, strict=True)):
                 if item.future.done():
                     continue
@@ -230,14 +291,20 @@ class Batcher:
             if not isinstance(e, LensError):
                 log.exception("%s failed on a batch of %d", self.name, len(batch))
                 e = ModelError(f"{self.name} failed: {type(e).__name__}: {e}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(e)
+            failing = [item for item in batch if not item.future.done()]
+            for item in failing:
+                item.future.set_exception(e)
+            self._observer.failed(_reason(e), len(failing))
         finally:
             self._slots.release()
 
     def _fail_all(self, error: LensError) -> None:
+        failed = 0
         while self.queued:
             item = (self._queue or self._background).popleft()
             if not item.future.done():
                 item.future.set_exception(error)
+                failed += 1
+        self._observer.queued(0)
+        if failed:
+            self._observer.failed(_reason(error), failed)

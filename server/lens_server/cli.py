@@ -25,6 +25,16 @@ def serve(
         typer.Option(help="HTTP/JSON port on the same host (0: any free port, -1: no HTTP)."),
     ] = 8080,
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve gRPC only.")] = False,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Serve Prometheus metrics on this port of their own (0: any free port) "
+            "instead of at /metrics on the HTTP port (-1)."
+        ),
+    ] = -1,
+    no_metrics: Annotated[
+        bool, typer.Option("--no-metrics", help="Record and serve no metrics.")
+    ] = False,
     allow_url_fetch: Annotated[
         bool,
         typer.Option(help="Let image inputs be http(s) URLs the server fetches (public only)."),
@@ -172,6 +182,8 @@ def serve(
             host=host,
             port=port,
             http_port=-1 if no_http else http_port,
+            metrics=not no_metrics,
+            metrics_port=metrics_port,
             allow_url_fetch=allow_url_fetch,
             default_model=default_model,
             batch=BatchConfig(

@@ -151,6 +151,10 @@ class ServerConfig:
     http_port: int = 8080
     # Whether image inputs may be http(s) URLs the server fetches (public addresses only).
     allow_url_fetch: bool = False
+    # Prometheus metrics: recorded unless off; served at /metrics on the HTTP port (-1), or
+    # on a port of their own (0: any free port).
+    metrics: bool = True
+    metrics_port: int = -1
     # The model requests without a model name get; None: the only model of the repository.
     default_model: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -191,6 +195,11 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.http_port < 65536:
             raise ValueError(f"http_port must be in 0..65535, or -1 for none; got {self.http_port}")
+        if not -1 <= self.metrics_port < 65536:
+            raise ValueError(
+                "metrics_port must be in 0..65535, or -1 for the HTTP port; "
+                f"got {self.metrics_port}"
+            )
         if self.memory_budget_bytes < 0:
             raise ValueError(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.poll_s < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from PIL import Image
 from lens_server.batching import Batcher
 from lens_server.config import BatchConfig, ServerConfig
 from lens_server.errors import FailedPrecondition, InvalidInput
+from lens_server.metrics import Metrics, TowerMetrics, note_model
 from lens_server.pipeline import Admitted, DeviceImages, image_pipeline
 from lens_server.preprocess import ImagePreprocessor, TextTokenizer
 from lens_server.repository.manifest import (
@@ -108,6 +110,7 @@ class LoadedVersion:
 
     Built on the event loop (its batchers live there) from towers opened by `open_towers`.
     Requests hold it through `lease()`, so that it is closed only once they have finished.
+    With `metrics`, each tower's batching and preprocessing are recorded there.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class LoadedVersion:
         config: ServerConfig,
         decode_pool: Executor,
         towers: dict[str, Choice],
+        metrics: Metrics | None = None,
     ) -> None:
         self.manifest = manifest
         self.folder = folder
@@ -125,6 +129,12 @@ class LoadedVersion:
         self.image: ImagePreprocessor | None = None
         self.text: TextTokenizer | None = None
         self.batchers: dict[str, Batcher] = {}
+        self._metrics: dict[str, TowerMetrics] = {
+            modality: metrics.tower(manifest.name, manifest.version, modality)
+            for modality in towers
+            if metrics is not None
+        }
+        observe = self._metrics.get
         label = f"{manifest.name}:{manifest.version}"
         self._device_images: DeviceImages | None = None
         if manifest.image:
@@ -134,13 +144,21 @@ class LoadedVersion:
             if self._device_images:
                 batch = _overlapping(config.batch, f"{label}/image")
                 self.batchers["image"] = Batcher(
-                    f"{label}/image", self._device_images.run, batch, collate=list
+                    f"{label}/image",
+                    self._device_images.run,
+                    batch,
+                    collate=list,
+                    observer=observe("image"),
                 )
             else:
-                self.batchers["image"] = Batcher(f"{label}/image", tower, config.batch)
+                self.batchers["image"] = Batcher(
+                    f"{label}/image", tower, config.batch, observer=observe("image")
+                )
         if manifest.text:
             self.text = TextTokenizer(manifest.text, folder / manifest.text.tokenizer)
-            self.batchers["text"] = Batcher(f"{label}/text", towers["text"].tower, config.batch)
+            self.batchers["text"] = Batcher(
+                f"{label}/text", towers["text"].tower, config.batch, observer=observe("text")
+            )
         self.runtimes = towers
         self.providers = sorted({p for c in towers.values() for p in c.tower.providers})
         self.memory_bytes = sum(
@@ -156,6 +174,7 @@ class LoadedVersion:
     @contextmanager
     def lease(self) -> Iterator[LoadedVersion]:
         """`with version.lease():` around a request's use of the version (see `drained`)."""
+        note_model(self.name)
         self.in_flight += 1
         self._idle.clear()
         try:
@@ -255,7 +274,14 @@ class LoadedVersion:
                 )
 
     def _decode_all(self, images: list[tuple[bytes, int]]) -> list[np.ndarray | Admitted]:
-        return [self._decode(data, index) for data, index in images]
+        observer = self._metrics.get("image")
+        decoded = []
+        for data, index in images:
+            started = time.perf_counter()
+            decoded.append(self._decode(data, index))
+            if observer:
+                observer.preprocessed(time.perf_counter() - started)
+        return decoded
 
     def _decode(self, data: bytes, index: int) -> np.ndarray | Admitted:
         assert self.image is not None
@@ -270,10 +296,16 @@ class LoadedVersion:
         if not texts:
             return []
         assert self.text is not None
-        return list(self.text(texts))
+        started = time.perf_counter()
+        tokens = list(self.text(texts))
+        if observer := self._metrics.get("text"):
+            observer.preprocessed(time.perf_counter() - started)
+        return tokens
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        for observer in self._metrics.values():
+            observer.close()
 
 
 def _overlapping(config: BatchConfig, tower: str) -> BatchConfig:

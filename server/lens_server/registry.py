@@ -27,6 +27,7 @@ from lens_server.errors import (
     Overloaded,
     available,
 )
+from lens_server.metrics import Metrics
 from lens_server.model import LoadedVersion, open_towers, weight_bytes
 from lens_server.repository import Deployed, Manifest, Repository
 from lens_server.runtime.choose import Choice
@@ -65,10 +66,17 @@ class Registry:
     the server serves the others.
     """
 
-    def __init__(self, repo: Repository, config: ServerConfig, decode_pool: Executor) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        config: ServerConfig,
+        decode_pool: Executor,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.repo = repo
         self.config = config
         self._decode_pool = decode_pool
+        self._metrics = metrics  # where loaded versions record their towers' work
         self._loaded: dict[Key, LoadedVersion] = {}
         self._serving: dict[str, int] = {}
         self._failed: dict[Key, str] = {}
@@ -150,7 +158,9 @@ class Registry:
             folder = self.repo.path(name, version)
             self._reserve(key, weight_bytes(manifest, folder))
             towers = await asyncio.to_thread(open_towers, manifest, folder, self.config)
-            loaded = LoadedVersion(manifest, folder, self.config, self._decode_pool, towers)
+            loaded = LoadedVersion(
+                manifest, folder, self.config, self._decode_pool, towers, self._metrics
+            )
             await loaded.warm_up()
         except Exception as error:
             # A version that cannot run is refused like one that fails its checks.

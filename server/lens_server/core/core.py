@@ -13,6 +13,7 @@ from lens_server.core.embed import Embedding
 from lens_server.core.index import Indexing
 from lens_server.core.models import Models
 from lens_server.deploy import Deployments
+from lens_server.metrics import Metrics
 from lens_server.registry import Registry
 
 
@@ -31,10 +32,11 @@ class Core:
         classifiers: ClassifierStore,
         deployments: Deployments,
         config: ServerConfig,
+        metrics: Metrics | None = None,
     ) -> Core:
         return cls(
             Embedding(registry, config),
             Classification(registry, classifiers, config),
-            Indexing(collections, registry, deployments, config),
-            Models(registry, deployments),
+            Indexing(collections, registry, deployments, config, metrics),
+            Models(registry, deployments, metrics),
         )

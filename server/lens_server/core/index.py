@@ -30,6 +30,7 @@ from lens_server.collections.store import StoredRow, check_metadata
 from lens_server.config import ServerConfig
 from lens_server.deploy import Deployments
 from lens_server.errors import InvalidInput
+from lens_server.metrics import Metrics
 from lens_server.model import Input
 from lens_server.registry import Registry
 
@@ -106,11 +107,13 @@ class Indexing:
         registry: Registry,
         deployments: Deployments,
         config: ServerConfig,
+        metrics: Metrics | None = None,
     ) -> None:
         self.collections = collections
         self.registry = registry
         self.deployments = deployments
         self.config = config
+        self.metrics = metrics
 
     # -- collections -------------------------------------------------------------------------
 
@@ -250,7 +253,10 @@ class Indexing:
             if by_id:  # an item's stored vector is the query
                 ids = [str(queries[i].value) for i in by_id]
                 vectors[by_id] = await asyncio.to_thread(collection.vectors_of, ids)
-            return await asyncio.to_thread(collection.search, vectors, k, filter_, exact, version)
+            with self.metrics.searching(name) if self.metrics else contextlib.nullcontext():
+                return await asyncio.to_thread(
+                    collection.search, vectors, k, filter_, exact, version
+                )
 
         hits, version = await _at_current_version(collection, search)
         return SearchResult(hits, collection.spec.model, version)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from lens_server.deploy import Deployments, DeployResult
+from lens_server.metrics import Metrics
 from lens_server.registry import Registry, VersionStatus
 
 
@@ -62,9 +65,12 @@ class Deployed:
 
 
 class Models:
-    def __init__(self, registry: Registry, deployments: Deployments) -> None:
+    def __init__(
+        self, registry: Registry, deployments: Deployments, metrics: Metrics | None = None
+    ) -> None:
         self.registry = registry
         self.deployments = deployments
+        self.metrics = metrics
 
     @property
     def default_model(self) -> str:
@@ -100,12 +106,30 @@ class Models:
         return self.get(name)
 
     async def deploy(self, name: str, version: int = 0, keep_collections: bool = False) -> Deployed:
-        result = await self.deployments.deploy(name, version, keep_collections)
+        with self._counted(name, "deploy"):
+            result = await self.deployments.deploy(name, version, keep_collections)
         return Deployed(self.get(result.name), result)
 
     async def rollback(self, name: str, keep_collections: bool = False) -> Deployed:
-        result = await self.deployments.rollback(name, keep_collections)
+        with self._counted(name, "rollback"):
+            result = await self.deployments.rollback(name, keep_collections)
         return Deployed(self.get(result.name), result)
+
+    @contextmanager
+    def _counted(self, name: str, action: str) -> Iterator[None]:
+        """Counts a deploy or rollback by outcome: succeeded, unchanged (the version served
+        already), or the error's status name."""
+        before = self.registry.serving_version(name)
+        try:
+            yield
+        except Exception as e:
+            if self.metrics:  # a name no model has is not made a label
+                known = name in self.registry.repo.models()
+                self.metrics.deployed(name if known else "", action, e)
+            raise
+        if self.metrics:
+            changed = self.registry.serving_version(name) != before
+            self.metrics.deployed(name, action, "succeeded" if changed else "unchanged")
 
     async def reload(self) -> list[ModelInfo]:
         await self.registry.reload()

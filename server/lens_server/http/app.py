@@ -16,6 +16,7 @@ from lens_server.http import (
     errors,
     health,
     kserve,
+    metering,
     models,
     openai,
     search,
@@ -25,6 +26,7 @@ from lens_server.http.access import Admit, Authenticate
 from lens_server.http.fetch import FetchConfig, Fetcher
 from lens_server.http.guard import ASGIApp, Guard
 from lens_server.http.health import Readiness
+from lens_server.metrics import Metrics
 
 
 def build_app(
@@ -33,16 +35,19 @@ def build_app(
     max_body_bytes: int,
     fetch: FetchConfig | None = None,
     gate: Gate | None = None,
+    metrics: Metrics | None = None,
+    expose_metrics: bool = True,
     compat: tuple[str, ...] = ("kserve",),
     aliases: Mapping[str, str] | None = None,
     weaviate_model: str = "",
 ) -> ASGIApp:
     """The HTTP API over `core`; `readiness()` says why the server is not serving ('' when
-    it is). Other apps' APIs are served where `compat` names them: KServe v2's
-    (`lens_server.http.kserve`), and (`lens_server.http.compat`) Immich's with its model
-    names mapped through `aliases`, Weaviate's through `weaviate_model`. With a `gate`, a
-    request's key is checked before the guard reads its body, and its limits once the guard
-    has."""
+    it is). With a `gate`, a request's key is checked before the guard reads its body, and
+    its limits once the guard has. With `metrics`, every request is counted in front of all
+    that (`metering`), and `expose_metrics` serves them at GET /metrics. Other apps' APIs
+    are served where `compat` names them: KServe v2's (`lens_server.http.kserve`), and
+    (`lens_server.http.compat`) Immich's with its model names mapped through `aliases`,
+    Weaviate's through `weaviate_model`."""
     app = FastAPI(
         title="lens",
         summary="Image and text embeddings, zero-shot classification and vector search.",
@@ -58,6 +63,12 @@ def build_app(
         app.include_router(kserve.router)
     for router in compat_apis.routers(compat, aliases or {}, weaviate_model):
         app.include_router(router)
-    if gate is None:
-        return Guard(app, max_body_bytes)
-    return Authenticate(Guard(Admit(app, gate), max_body_bytes), gate)
+    app.state.metrics = metrics
+    if metrics and expose_metrics:
+        app.include_router(metering.router)
+    guarded: ASGIApp = (
+        Guard(app, max_body_bytes)
+        if gate is None
+        else Authenticate(Guard(Admit(app, gate), max_body_bytes), gate)
+    )
+    return guarded if metrics is None else metering.Metered(guarded, metrics, app.routes)
