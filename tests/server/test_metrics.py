@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -448,3 +449,46 @@ def test_batcher_tells_its_observer_why_inputs_failed():
         "DEADLINE_EXCEEDED": 1,
     }
     assert recorder.depths[-1] == 0
+
+
+def test_gpu_families_from_torch_and_nvml(monkeypatch):
+    """The GPU collector on stand-ins for torch and pynvml (a machine without a GPU has
+    neither in use, and registers no GPU collector at all)."""
+    import importlib.machinery
+    import types
+
+    from prometheus_client import CollectorRegistry
+
+    from lens_server.metrics import _Gpu
+
+    cuda = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        device_count=lambda: 1,
+        memory_allocated=lambda i: 1000,
+        memory_reserved=lambda i: 4096,
+    )
+    torch = types.SimpleNamespace(cuda=cuda)
+    nvml = types.ModuleType("pynvml")
+    nvml.__spec__ = importlib.machinery.ModuleSpec("pynvml", None)
+    nvml.NVMLError = RuntimeError  # type: ignore[attr-defined]
+    nvml.nvmlInit = lambda: None  # type: ignore[attr-defined]
+    nvml.nvmlDeviceGetCount = lambda: 1  # type: ignore[attr-defined]
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: i  # type: ignore[attr-defined]
+    memory = types.SimpleNamespace(used=3 << 30, total=80 << 30)
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: memory  # type: ignore[attr-defined]
+    busy = types.SimpleNamespace(gpu=42)
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: busy  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+
+    registry = CollectorRegistry()
+    registry.register(_Gpu())
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(name, {"device": "0"})
+
+    assert value("lens_gpu_torch_allocated_bytes") == 1000
+    assert value("lens_gpu_torch_reserved_bytes") == 4096
+    assert value("lens_gpu_memory_used_bytes") == 3 << 30
+    assert value("lens_gpu_memory_total_bytes") == 80 << 30
+    assert value("lens_gpu_utilization_ratio") == 0.42
