@@ -229,6 +229,12 @@ def test_find_duplicates(channel):
     assert frozenset(("a", "a-copy")) in pairs
     assert not any("other" in p for p in pairs)
     assert sorted(response.groups[0].ids)[:2] == ["a", "a-copy"]
+    with pytest.raises(grpc.RpcError) as err:  # NaN used to reach FAISS, an internal error
+        stub(channel).FindDuplicates(
+            index_pb2.FindDuplicatesRequest(collection="dups", threshold=float("nan")), timeout=30
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "threshold must be a finite float32, got nan" in err.value.details()
 
 
 def test_restart_keeps_everything(tiny_repo, tmp_path):

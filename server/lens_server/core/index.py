@@ -39,6 +39,7 @@ METRICS = ("cosine", "inner_product", "l2")
 # Times a request re-embeds when its collection swaps to another model version meanwhile.
 _ATTEMPTS = 3
 CONTENT_KINDS = ("image", "text", "vector")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 QUERY_KINDS = (*CONTENT_KINDS, "id")
 
 
@@ -267,6 +268,8 @@ class Indexing:
         collection = self.collections.get(name)
         if max_pairs < 0:
             raise InvalidInput(f"max_pairs must be >= 0, got {max_pairs}")
+        if not abs(threshold) <= _FLOAT32_MAX:  # NaN too
+            raise InvalidInput(f"threshold must be a finite float32, got {threshold}")
         pairs = await asyncio.to_thread(collection.duplicates, threshold, max_pairs or 10_000)
         return Duplicates(pairs, groups(pairs))
 
