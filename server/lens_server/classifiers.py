@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from lens_server.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, available
-from lens_server.model import LoadedVersion, l2_normalize
+from lens_server.model import LoadedVersion
 from lens_server.repository.store import check_name
 from lens_server.templates import SETS
+from lens_server.vectors import l2_normalize
 
 DEFAULT_SCALE = 1 / 0.07
 # Texts embedded per call while building weights (keeps within the batcher's queue).
