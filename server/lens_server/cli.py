@@ -133,6 +133,25 @@ def serve(
         str,
         typer.Option(help="Model (NAME[:VERSION]) of the Weaviate routes; default: the default."),
     ] = "",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate (chain) for TLS on every port; needs --tls-key."),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="PEM CA certificates: clients must present a certificate it signed."),
+    ] = None,
+    drain_delay: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between a SIGTERM (health turns NOT_SERVING) and the ports closing."
+        ),
+    ] = 2.0,
+    grace_s: Annotated[
+        float, typer.Option(help="Seconds calls in flight get to finish at shutdown.")
+    ] = 30.0,
+    log_format: Annotated[str, typer.Option(help="Request log lines as text or json.")] = "text",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve the models of a repository over gRPC and HTTP/JSON.
@@ -158,6 +177,7 @@ def serve(
         Limits,
         RuntimeConfig,
         ServerConfig,
+        TlsConfig,
         parse_aliases,
     )
     from lens_server.errors import LensError
@@ -201,6 +221,10 @@ def serve(
             compat=tuple(name.strip() for name in compat.split(",") if name.strip()),
             aliases=parse_aliases(alias or []),
             weaviate_model=weaviate_model,
+            drain_delay_s=drain_delay,
+            grace_s=grace_s,
+            tls=TlsConfig(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None,
+            log_format=log_format,
         )
         asyncio.run(run(config))
     except (ValueError, LensError, OSError) as e:

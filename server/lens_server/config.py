@@ -141,6 +141,20 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS on both front doors: the server's certificate chain and key (PEM files), and for
+    mutual TLS the CA whose certificates clients must present. The files are read and checked
+    against each other at start-up (lens_server.tls), before any port opens."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     repo: Path = Path("models")
     # Where collections live, one folder each.
@@ -162,7 +176,14 @@ class ServerConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # Requests an EmbedStream processes at once, to keep the batcher busy.
     stream_window: int = 4
-    grace_s: float = 5.0
+    # On SIGTERM/SIGINT: health turns NOT_SERVING at once, the ports close `drain_delay_s`
+    # later (so a load balancer sees the server leave), and calls in flight get `grace_s`.
+    drain_delay_s: float = 2.0
+    grace_s: float = 30.0
+    # TLS on the gRPC, HTTP and metrics ports; None: plain text.
+    tls: TlsConfig | None = None
+    # One line per request at info: `text` or `json`.
+    log_format: str = "text"
     # Bytes of weights all loaded versions may hold together (a deploy holds the old and the
     # new version at once); 0: no limit.
     memory_budget_bytes: int = 0
@@ -204,5 +225,13 @@ class ServerConfig:
             raise ValueError(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.poll_s < 0:
             raise ValueError(f"poll_s must be >= 0, got {self.poll_s}")
+        if self.drain_delay_s < 0:
+            raise ValueError(f"drain_delay_s must be >= 0, got {self.drain_delay_s}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}; got {self.log_format!r}"
+            )
         if self.stream_window < 1:
             raise ValueError(f"stream_window must be >= 1, got {self.stream_window}")
