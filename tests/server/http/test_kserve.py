@@ -9,6 +9,8 @@ import base64
 import json
 import shutil
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,10 @@ import tritonclient.http as triton
 from lens.v1 import inference_pb2
 from tritonclient.utils import InferenceServerException
 
+from lens_client import LensClient
 from lens_server.vectors import cosine_rows
 from tests.conftest import ServerProcess, encode, photo
+from tests.server.test_deploy import add_version, second_checkpoint  # noqa: F401 (a fixture)
 from tests.server.test_grpc import embed, matrix
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
@@ -347,3 +351,64 @@ def test_repository_index_unload_and_load(private: ServerProcess):
         assert raised.value.status() == "404"
         result = client.infer("tiny", [bytes_input("text", TEXTS, True)])
         assert result.as_numpy("embedding").shape == (2, 32)
+
+
+# -- a deploy under load ----------------------------------------------------------------------
+
+
+def test_a_deploy_under_load_fails_no_request(
+    tiny_repo: Path,
+    tmp_path: Path,
+    second_checkpoint: Path,  # noqa: F811 (the fixture imported above)
+):
+    """Three tritonclient.http clients infer while version 2 is deployed: every request is
+    answered, and each client sees version 1 and then version 2, never back."""
+    repo = Path(shutil.copytree(tiny_repo, tmp_path / "repo"))
+    proc = ServerProcess(repo, "--max-batch-size", "8", "--poll-s", "0")
+    assert proc.http
+    url = proc.http.removeprefix("http://")
+    image = encode(photo("rocket"), "JPEG", quality=85)
+    errors: list[str] = []
+    seen: dict[int, list[str]] = {}
+    answered = threading.Barrier(4)
+    stop = threading.Event()
+
+    def run(index: int) -> None:
+        with triton.InferenceServerClient(url=url, network_timeout=30) as client:
+            inputs = [bytes_input("image", [image], True), bytes_input("text", ["a"], False)]
+            first = True
+            while not stop.is_set():
+                try:
+                    result = client.infer("tiny", inputs)
+                    assert result.as_numpy("embedding").shape == (2, 32)
+                    seen.setdefault(index, []).append(result.get_response()["model_version"])
+                except Exception as e:  # every failure is the test's
+                    errors.append(repr(e))
+                if first:
+                    first = False
+                    answered.wait(60)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        answered.wait(60)
+        assert add_version(repo, second_checkpoint) == 2
+        with LensClient(proc.address) as lens:
+            lens.reload_models()
+            assert lens.deploy("tiny", 2)["version"] == 2
+        # Answers from version 2 reach every client before the load stops.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            seen.get(i, ["1"])[-1] == "2" for i in range(3)
+        ):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        proc.stop()
+    assert errors == []
+    for versions in seen.values():
+        assert versions[0] == "1" and versions[-1] == "2"
+        assert versions == sorted(versions)  # moved once, never back
