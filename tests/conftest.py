@@ -85,6 +85,8 @@ class ServerProcess:
                 "0",
                 "--collections",
                 str(self.collections),
+                # Tests stop many servers: no drain delay unless a test asks for one.
+                *([] if "--drain-delay" in args else ["--drain-delay", "0"]),
                 *args,
             ],
             stdout=subprocess.PIPE,
