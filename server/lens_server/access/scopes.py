@@ -86,6 +86,8 @@ HTTP: dict[tuple[str, str], str] = {
     ("POST", "/v1/collections/{collection}/search"): EMBED,
     ("POST", "/v1/collections/{collection}/search/batch"): EMBED,
     ("POST", "/v1/collections/{collection}/duplicates"): EMBED,
+    ("GET", "/v1/collections/{collection}/items/{item}/thumbnail"): EMBED,
+    ("GET", "/v1/collections/{collection}/map"): EMBED,
     ("GET", "/v1/models"): EMBED,
     ("GET", "/v1/models/{name}"): EMBED,
     ("POST", "/v1/models/{name}/load"): ADMIN,
@@ -122,6 +124,9 @@ HTTP: dict[tuple[str, str], str] = {
     ("GET", "/docs"): OPEN,
     ("GET", "/docs/oauth2-redirect"): OPEN,
     ("GET", "/redoc"): OPEN,
+    # The web page (its files; what it shows comes through the routes above, with a key).
+    ("GET", "/"): OPEN,
+    ("GET", "/web/{name}"): OPEN,
 }
 
 

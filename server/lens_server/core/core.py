@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from lens_server.classifiers import ClassifierStore
 from lens_server.collections import Collections
 from lens_server.config import ServerConfig
+from lens_server.core.browse import Browsing
 from lens_server.core.classify import Classification
 from lens_server.core.embed import Embedding
 from lens_server.core.index import Indexing
@@ -23,6 +24,7 @@ class Core:
     classification: Classification
     indexing: Indexing
     models: Models
+    browsing: Browsing
 
     @classmethod
     def of(
@@ -39,4 +41,5 @@ class Core:
             Classification(registry, classifiers, config),
             Indexing(collections, registry, deployments, config, metrics),
             Models(registry, deployments, metrics),
+            Browsing(collections),
         )

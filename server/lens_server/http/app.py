@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from lens_server.access.gate import Gate
 from lens_server.core import Core
 from lens_server.http import (
+    browse,
     classify,
     collections,
     embed,
@@ -20,6 +21,7 @@ from lens_server.http import (
     models,
     openai,
     search,
+    web,
 )
 from lens_server.http import compat as compat_apis
 from lens_server.http.access import Admit, Authenticate
@@ -57,7 +59,7 @@ def build_app(
     app.state.readiness = readiness
     app.state.fetcher = Fetcher(fetch or FetchConfig())
     errors.install(app)
-    for module in (openai, embed, classify, collections, search, models, health):
+    for module in (openai, embed, classify, collections, search, browse, models, health, web):
         app.include_router(module.router)
     if "kserve" in compat:
         app.include_router(kserve.router)

@@ -1,0 +1,135 @@
+"""The routes the web page looks through: an item's thumbnail from its stored source (resized,
+with an ETag and 304s) and a collection's 2-D map, over a real server through httpx; and the
+page's own files at `/` and `/web/`."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ServerProcess, encode, photo
+from tests.server.http.test_rest import error, ok
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "camera")
+NAME = "browsed"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def api(server: ServerProcess) -> Iterator[httpx.Client]:
+    assert server.http, "the server printed no HTTP address"
+    with httpx.Client(base_url=server.http, timeout=60) as client:
+        ok(client.post("/v1/collections", json={"name": NAME, "model": "tiny"}), 201)
+        transparent = Image.new("RGBA", (300, 200), (255, 0, 0, 128))
+        items = [
+            {"id": n, "image": b64(encode(photo(n), "JPEG")), "metadata": {"kind": "photo"}}
+            for n in PHOTOS
+        ]
+        items += [
+            {"id": "glass", "image": b64(encode(transparent)), "metadata": {"kind": "png"}},
+            {"id": "words", "text": "a photo of a cat on a mat", "metadata": {"kind": "text"}},
+            {"id": "bare", "vector": [1.0] + [0.0] * 31},
+        ]
+        ok(client.post(f"/v1/collections/{NAME}/items", json={"items": items}))
+        yield client
+        client.delete(f"/v1/collections/{NAME}")
+
+
+def thumbnail_url(item: str, size: int | str = 256, collection: str = NAME) -> str:
+    return f"/v1/collections/{collection}/items/{item}/thumbnail?size={size}"
+
+
+def test_a_photo_thumbnail_is_a_resized_jpeg_with_an_etag(api: httpx.Client):
+    answer = api.get(thumbnail_url("astronaut", 64))  # astronaut is 512 x 512
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/jpeg"
+    assert answer.headers["cache-control"] == "private, no-cache"
+    image = Image.open(io.BytesIO(answer.content))
+    assert (image.format, image.size) == ("JPEG", (64, 64))
+    coffee = Image.open(io.BytesIO(api.get(thumbnail_url("coffee", 100)).content))
+    assert coffee.size == (100, 67)  # 600 x 400: the longer side fits, the ratio kept
+    assert np.asarray(image).std() > 10  # the photo, not a blank
+
+
+def test_a_current_etag_is_answered_304_and_another_size_is_another_tag(api: httpx.Client):
+    first = api.get(thumbnail_url("chelsea", 128))
+    tag = first.headers["etag"]
+    again = api.get(thumbnail_url("chelsea", 128), headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == tag
+    listed = api.get(thumbnail_url("chelsea", 128), headers={"If-None-Match": f'"x", W/{tag}'})
+    assert listed.status_code == 304
+    other = api.get(thumbnail_url("chelsea", 64), headers={"If-None-Match": tag})
+    assert other.status_code == 200 and other.headers["etag"] != tag
+
+
+def test_a_thumbnail_changes_when_the_item_is_written_again(api: httpx.Client):
+    before = api.get(thumbnail_url("camera", 32)).headers["etag"]
+    item = {"id": "camera", "image": b64(encode(photo("moon"), "PNG"))}
+    ok(api.post(f"/v1/collections/{NAME}/items", json={"items": [item]}))
+    after = api.get(thumbnail_url("camera", 32), headers={"If-None-Match": before})
+    assert after.status_code == 200 and after.headers["etag"] != before
+
+
+def test_transparency_and_texts_are_png(api: httpx.Client):
+    glass = api.get(thumbnail_url("glass", 150))
+    assert glass.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(glass.content)).size == (150, 100)
+    words = api.get(thumbnail_url("words", 200))
+    assert words.headers["content-type"] == "image/png"
+    card = np.asarray(Image.open(io.BytesIO(words.content)).convert("L"))
+    assert card.shape == (200, 200) and card.min() < 100  # the text is drawn on it
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        (thumbnail_url("astronaut", 0), 400, "size must be in 16..1024 pixels, got 0"),
+        (thumbnail_url("astronaut", 5000), 400, "size must be in 16..1024 pixels, got 5000"),
+        (thumbnail_url("astronaut", "big"), 400, "size"),
+        (thumbnail_url("nobody"), 404, f"item 'nobody' is not in collection {NAME}"),
+        (thumbnail_url("astronaut", collection="nope"), 404, "collection 'nope' not found"),
+        (thumbnail_url("bare"), 409, "was written as a vector"),
+        ("/v1/collections/nope/map", 404, "collection 'nope' not found"),
+        ("/web/nothing.js", 404, "the page has no file 'nothing.js'"),
+        ("/web/..%2Fapp.py", 404, "Not Found"),
+    ],
+)
+def test_refusals(api: httpx.Client, url: str, status: int, message: str):
+    assert message in error(api.get(url), status)
+
+
+def test_the_map_projects_every_item_and_is_cached_until_a_write(api: httpx.Client):
+    made = ok(api.get(f"/v1/collections/{NAME}/map"))
+    assert made["total"] == len(PHOTOS) + 3 and not made["sampled"]
+    ids = {p["id"] for p in made["points"]}
+    assert ids == {*PHOTOS, "glass", "words", "bare"}
+    xy = np.array([[p["x"], p["y"]] for p in made["points"]])
+    assert np.abs(xy).max() == pytest.approx(1.0, abs=1e-6) and xy.std(axis=0).min() > 0
+    assert 0 < made["explained"][1] <= made["explained"][0] <= 1
+    assert {p["metadata"].get("kind") for p in made["points"]} == {"photo", "png", "text", None}
+    assert ok(api.get(f"/v1/collections/{NAME}/map")) == made  # same seq: the cached map
+    ok(api.post(f"/v1/collections/{NAME}/items", json={"items": [{"id": "more", "text": "a dog"}]}))
+    again = ok(api.get(f"/v1/collections/{NAME}/map"))
+    assert again["seq"] > made["seq"] and again["total"] == made["total"] + 1
+    ok(api.post(f"/v1/collections/{NAME}/delete", json={"ids": ["more"]}))
+
+
+def test_the_page_and_its_files(api: httpx.Client):
+    page = api.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/web/app.js">' in page.text
+    script = api.get("/web/app.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.headers["cache-control"] == "no-cache"
+    for name in ("search", "classify", "models", "duplicates", "map", "status"):
+        assert api.get(f"/web/{name}.js").status_code == 200, name
