@@ -50,16 +50,19 @@ Call = Callable[[Any], np.ndarray]
 
 class Transports:
     """One gRPC channel and one HTTP connection pool, shared by the client threads; each
-    `*_call` sends one prepared request and returns its vectors (n, dim)."""
+    `*_call` sends one prepared request and returns its vectors (n, dim). With `api_key`,
+    every call carries it (`authorization: Bearer KEY`), as lens's clients send it."""
 
-    def __init__(self, served: Served, model: str, clients: int) -> None:
+    def __init__(self, served: Served, model: str, clients: int, api_key: str = "") -> None:
         self.model = model
         self.channel = grpc.insecure_channel(
             served.address, options=[("grpc.max_receive_message_length", 256 << 20)]
         )
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        self.http = httpx.Client(base_url=served.http, timeout=600, limits=limits)
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=served.http, timeout=600, limits=limits, headers=headers)
 
     def grpc_request(self, inputs: list[bytes] | list[str]) -> inference_pb2.EmbedRequest:
         items = [
@@ -69,7 +72,7 @@ class Transports:
         return inference_pb2.EmbedRequest(inputs=items, model=common_pb2.ModelRef(name=self.model))
 
     def grpc_call(self, request: inference_pb2.EmbedRequest) -> np.ndarray:
-        m = self.stub.Embed(request, timeout=600).embeddings
+        m = self.stub.Embed(request, timeout=600, metadata=self.metadata).embeddings
         return np.frombuffer(m.data, "<f4").reshape(m.rows, m.cols)
 
     def http_request(self, inputs: list[bytes] | list[str], encoding: str) -> bytes:

@@ -106,7 +106,7 @@ class ServerProcess:
             if not line:
                 break
             self.log.append(line)
-            if match := re.search(r"HTTP/JSON API on (http://\S+)", line):
+            if match := re.search(r"HTTP/JSON API on (https?://\S+)", line):
                 self.http = match.group(1)
             if match := re.search(r"lens serving .* on (\S+):(\d+)", line):
                 return f"{match.group(1)}:{match.group(2)}"

@@ -27,8 +27,15 @@ class AsyncLensClient(Calls):
     """An asyncio connection to a lens server; arguments as `LensClient`'s. Image files are
     read on the event loop, as the requests are sent."""
 
-    def _connect(self, address: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(address, options)
+    def _connect(
+        self,
+        address: str,
+        options: list[tuple[str, Any]],
+        credentials: grpc.ChannelCredentials | None,
+    ) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, options)
+        return grpc.aio.secure_channel(address, credentials, options)
 
     async def _run(self, make: Callable[[], Call[T]]) -> T:
         with Responses(make()) as responses:

@@ -6,9 +6,11 @@ classify.py."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable
 from typing import Any
 
+import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2_grpc
 from lens.v1 import (
@@ -35,6 +37,9 @@ class Calls(CollectionCalls, ClassifyCalls):
     `model` is `NAME[:VERSION]`, the default for every call; None: the server's default.
     `api_key` is sent with every call as `authorization: Bearer KEY` metadata; None: the
     LENS_API_KEY environment variable, if set.
+    TLS: `tls_ca` names PEM CA certificates to trust (None: LENS_TLS_CA, if set), `tls=True`
+    trusts the system's store, and `tls_cert` with `tls_key` present a client certificate
+    (mutual TLS); each implies TLS. None of them: plain text.
     """
 
     def __init__(
@@ -45,20 +50,31 @@ class Calls(CollectionCalls, ClassifyCalls):
         timeout: float = 120.0,
         retries: int = 4,
         api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike | None = None,
+        tls_cert: str | os.PathLike | None = None,
+        tls_key: str | os.PathLike | None = None,
     ) -> None:
         self.address = codec.server_address(server)
         self.model = model
         self.timeout = timeout
         self._metadata = codec.call_metadata(api_key)
-        self._channel = self._connect(self.address, codec.channel_options(retries))
+        credentials = codec.channel_credentials(tls, tls_ca, tls_cert, tls_key)
+        options = codec.channel_options(retries)
+        self._channel = self._connect(self.address, options, credentials)
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._index = index_pb2_grpc.IndexStub(self._channel)
         self._classifiers = classifiers_pb2_grpc.ClassifiersStub(self._channel)
 
-    def _connect(self, address: str, options: list[tuple[str, Any]]) -> Any:
-        raise NotImplementedError  # a client opens its own kind of channel
+    def _connect(
+        self,
+        address: str,
+        options: list[tuple[str, Any]],
+        credentials: grpc.ChannelCredentials | None,
+    ) -> Any:
+        raise NotImplementedError  # a client opens its own kind of channel (None: plain text)
 
     @rpc
     def embed_images(

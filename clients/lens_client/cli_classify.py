@@ -18,6 +18,7 @@ from lens_client.cli_common import (
     fail,
     image_files,
     print_json,
+    tls_options,
 )
 
 Templates = Annotated[
@@ -43,6 +44,7 @@ def _labels(value: str) -> list[str]:
 
 
 @app.command()
+@tls_options
 def classify(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     labels: Annotated[str | None, typer.Option(help="Comma-separated label names.")] = None,
@@ -76,6 +78,7 @@ def classify(
 
 
 @classifier_app.command("create")
+@tls_options
 def classifier_create(
     name: str,
     labels: Annotated[str | None, typer.Option(help="Zero-shot: comma-separated labels.")] = None,
@@ -116,6 +119,7 @@ def classifier_create(
 
 
 @classifier_app.command("ls")
+@tls_options
 def classifier_ls(server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """List the saved classifiers, one JSON line each."""
     with connect(server, api_key=api_key) as client:
@@ -124,6 +128,7 @@ def classifier_ls(server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None)
 
 
 @classifier_app.command("get")
+@tls_options
 def classifier_get(
     name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None
 ) -> None:
@@ -133,6 +138,7 @@ def classifier_get(
 
 
 @classifier_app.command("delete")
+@tls_options
 def classifier_delete(
     name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None
 ) -> None:

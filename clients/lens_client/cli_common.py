@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -43,6 +46,73 @@ ApiKey = Annotated[
         help="API key, for a server that requires one (LENS_API_KEY keeps it out of `ps`).",
     ),
 ]
+# How a command reaches a server over TLS: added to every client command by `tls_options`,
+# read by `connect`.
+_TLS_OPTIONS = {
+    "tls_ca": Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="LENS_TLS_CA",
+            show_default=False,
+            help="PEM CA certificates to trust for the server's certificate; implies TLS.",
+        ),
+    ],
+    "tls": Annotated[
+        bool, typer.Option("--tls", help="TLS, trusting the system's CA certificates.")
+    ],
+    "tls_cert": Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            show_default=False,
+            help="PEM client certificate, for a server that asks for one (mutual TLS); "
+            "needs --tls-key.",
+        ),
+    ],
+    "tls_key": Annotated[
+        Path | None,
+        typer.Option("--tls-key", show_default=False, help="PEM private key of --tls-cert."),
+    ],
+}
+Command = TypeVar("Command", bound=Callable[..., Any])
+# The TLS options of the command running, for `connect`.
+_command_tls: ContextVar[dict[str, Any] | None] = ContextVar("command_tls", default=None)
+
+
+def tls_options(command: Command) -> Command:
+    """Gives a client command --tls-ca (LENS_TLS_CA), --tls, --tls-cert and --tls-key, which
+    `connect` uses; the command itself does not see them. (A command called by another, as
+    from Python, keeps the options of the one the user ran.)"""
+    signature = inspect.signature(command, eval_str=True)
+    added = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False if name == "tls" else None,
+            annotation=annotation,
+        )
+        for name, annotation in _TLS_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def with_tls(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _TLS_OPTIONS if name in kwargs}
+        if not given:
+            return command(*args, **kwargs)
+        token = _command_tls.set({k: v for k, v in given.items() if v is not None})
+        try:
+            return command(*args, **kwargs)
+        finally:
+            _command_tls.reset(token)
+
+    with_tls.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *added]
+    )
+    with_tls.__annotations__ = {**command.__annotations__, **_TLS_OPTIONS}
+    return with_tls  # type: ignore[return-value]
+
+
 Repo = Annotated[Path, typer.Option("--repo", envvar="LENS_REPO", help="Model repository folder.")]
 Model = Annotated[
     str | None, typer.Option("--model", help="NAME[:VERSION]; default: the server's default.")
@@ -59,11 +129,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 @contextmanager
 def connect(server: str, api_key: str | None = None, **options: Any) -> Iterator[LensClient]:
-    """A client whose refusals (and bad arguments) end the command with one line."""
+    """A client whose refusals (and bad arguments) end the command with one line; over TLS
+    where the command's TLS options say so."""
     from lens_client.client import LensClient
 
     try:
-        with LensClient(server, api_key=api_key, **options) as client:
+        with LensClient(server, api_key=api_key, **(_command_tls.get() or {}), **options) as client:
             yield client
     except (codec.LensClientError, ValueError) as e:
         fail(str(e))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lens_client import codec
-from lens_client.cli_common import ApiKey, Server, app, connect, models_app
+from lens_client.cli_common import ApiKey, Server, app, connect, models_app, tls_options
 
 KeepCollections = Annotated[
     bool,
@@ -22,6 +22,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 @models_app.callback(invoke_without_command=True)
+@tls_options
 def models(
     ctx: typer.Context,
     server: Server = codec.DEFAULT_SERVER,
@@ -34,6 +35,7 @@ def models(
 
 
 @models_app.command("ls")
+@tls_options
 def models_ls(
     name: Annotated[str | None, typer.Argument(help="One model; default: all.")] = None,
     server: Server = codec.DEFAULT_SERVER,
@@ -47,6 +49,7 @@ def models_ls(
 
 
 @models_app.command("load")
+@tls_options
 def models_load(
     model: Annotated[str, typer.Argument(help="NAME[:VERSION]; default version: the newest.")],
     server: Server = codec.DEFAULT_SERVER,
@@ -58,6 +61,7 @@ def models_load(
 
 
 @models_app.command("unload")
+@tls_options
 def models_unload(
     model: Annotated[str, typer.Argument(help="NAME:VERSION, or NAME for every version.")],
     server: Server = codec.DEFAULT_SERVER,
@@ -69,6 +73,7 @@ def models_unload(
 
 
 @models_app.command("reload")
+@tls_options
 def models_reload(
     server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None, as_json: AsJson = False
 ) -> None:
@@ -78,6 +83,7 @@ def models_reload(
 
 
 @app.command()
+@tls_options
 def deploy(
     name: Annotated[str, typer.Argument(help="The model.")],
     version: Annotated[int, typer.Argument(help="The version to serve; 0: the newest.")] = 0,
@@ -91,6 +97,7 @@ def deploy(
 
 
 @app.command()
+@tls_options
 def rollback(
     name: Annotated[str, typer.Argument(help="The model.")],
     keep_collections: KeepCollections = False,

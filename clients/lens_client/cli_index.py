@@ -20,10 +20,12 @@ from lens_client.cli_common import (
     image_files,
     index_app,
     print_json,
+    tls_options,
 )
 
 
 @index_app.command("create")
+@tls_options
 def index_create(
     name: str,
     model: Model = None,
@@ -41,6 +43,7 @@ def index_create(
 
 
 @index_app.command("add")
+@tls_options
 def index_add(
     name: str,
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
@@ -72,6 +75,7 @@ def index_add(
 
 
 @app.command()
+@tls_options
 def search(
     name: str,
     image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
@@ -103,6 +107,7 @@ def search(
 
 
 @index_app.command("ls")
+@tls_options
 def index_ls(server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """List the collections, one JSON line each."""
     with connect(server, api_key=api_key) as client:
@@ -111,6 +116,7 @@ def index_ls(server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> N
 
 
 @index_app.command("describe")
+@tls_options
 def index_describe(
     name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None
 ) -> None:
@@ -120,6 +126,7 @@ def index_describe(
 
 
 @index_app.command("reindex")
+@tls_options
 def index_reindex(
     name: str,
     version: Annotated[
@@ -135,6 +142,7 @@ def index_reindex(
 
 
 @index_app.command("drop")
+@tls_options
 def index_drop(name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey = None) -> None:
     """Delete a collection and its files."""
     with connect(server, api_key=api_key) as client:
@@ -143,6 +151,7 @@ def index_drop(name: str, server: Server = codec.DEFAULT_SERVER, api_key: ApiKey
 
 
 @index_app.command("dedup")
+@tls_options
 def index_dedup(
     name: str,
     threshold: Annotated[

@@ -10,10 +10,11 @@ from typing import Annotated
 import typer
 
 from lens_client import codec
-from lens_client.cli_common import ApiKey, Model, Server, app, connect, fail
+from lens_client.cli_common import ApiKey, Model, Server, app, connect, fail, tls_options
 
 
 @app.command()
+@tls_options
 def embed(
     text: Annotated[
         list[str] | None, typer.Option("--text", "-t", help="A text (repeatable).")
@@ -49,6 +50,7 @@ def embed(
 
 
 @app.command()
+@tls_options
 def health(server: Server = codec.DEFAULT_SERVER) -> None:
     """Exit 0 if the server answers SERVING to the gRPC health check, else 1."""
     with connect(server, retries=0, timeout=5) as client:

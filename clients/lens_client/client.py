@@ -27,11 +27,19 @@ class LensClient(Calls):
     `timeout` is the deadline of each call in seconds; `retries` is how many times a call that
     failed with UNAVAILABLE is retried, with exponential backoff (gRPC's retry policy).
     `model` is `NAME[:VERSION]`, the default for every call; None: the server's default.
-    `api_key` is sent with every call (None: LENS_API_KEY, if set).
+    `api_key` is sent with every call (None: LENS_API_KEY, if set). `tls_ca` (None:
+    LENS_TLS_CA, if set), `tls`, `tls_cert` and `tls_key` connect over TLS (see `Calls`).
     """
 
-    def _connect(self, address: str, options: list[tuple[str, Any]]) -> grpc.Channel:
-        return grpc.insecure_channel(address, options)
+    def _connect(
+        self,
+        address: str,
+        options: list[tuple[str, Any]],
+        credentials: grpc.ChannelCredentials | None,
+    ) -> grpc.Channel:
+        if credentials is None:
+            return grpc.insecure_channel(address, options)
+        return grpc.secure_channel(address, credentials, options)
 
     def _run(self, make: Callable[[], Call[T]]) -> T:
         with Responses(make()) as responses:

@@ -165,6 +165,35 @@ def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
+def channel_credentials(
+    tls: bool = False,
+    ca: str | os.PathLike | None = None,
+    cert: str | os.PathLike | None = None,
+    key: str | os.PathLike | None = None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials of a channel, or None for plain text. `ca` (else LENS_TLS_CA): PEM CA
+    certificates to trust for the server's certificate; `tls` alone: the system's trust
+    store; `cert` and `key`: the client's certificate and key (mutual TLS). Each implies TLS.
+    ValueError names a file that cannot be read, or a certificate without its key."""
+    ca = ca or os.environ.get("LENS_TLS_CA") or None
+    if (cert is None) != (key is None):
+        raise ValueError("a TLS client certificate needs its key: give both, or neither")
+    if not (tls or ca or cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(ca, "CA") if ca else None,
+        private_key=_read_pem(key, "client key") if key else None,
+        certificate_chain=_read_pem(cert, "client certificate") if cert else None,
+    )
+
+
+def _read_pem(path: str | os.PathLike, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"TLS {what} {path}: {e.strerror or e}") from None
+
+
 def parse_model(spec: str | None) -> common_pb2.ModelRef:
     """`NAME[:VERSION]` → ModelRef; None or "" → the server's default model."""
     if not spec:

@@ -40,6 +40,7 @@ from lens_server.services.classify import ClassifiersServicer
 from lens_server.services.index import IndexServicer
 from lens_server.services.inference import InferenceServicer
 from lens_server.services.models import ModelsServicer
+from lens_server.tls import ServerTls, load_tls
 
 log = logging.getLogger(__name__)
 _LOADED = (State.READY, State.SERVING)
@@ -63,6 +64,8 @@ class LensServer:
         self.metrics_port = 0
         self._metrics_http: HttpServer | None = None
         self._stopping = False
+        # Read and checked before anything else, so that bad files stop start-up at once.
+        self.tls: ServerTls | None = load_tls(config.tls) if config.tls else None
         self._decode_pool = ThreadPoolExecutor(
             config.runtime.decode_workers, thread_name_prefix="decode"
         )
@@ -123,7 +126,11 @@ class LensServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.tls:
+            self.port = server.add_secure_port(address, self.tls.grpc_credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not listen on {self.config.host}:{self.config.port}")
         await server.start()
@@ -141,12 +148,16 @@ class LensServer:
                 weaviate_model=self.config.weaviate_model,
             )
             self._http = HttpServer(
-                app, self.config.host, self.config.http_port, self.config.grace_s
+                app, self.config.host, self.config.http_port, self.config.grace_s, self.tls
             )
             self.http_port = await self._http.start()
         if self.metrics and self.config.metrics_port >= 0:
             self._metrics_http = HttpServer(
-                self.metrics.app(), self.config.host, self.config.metrics_port, self.config.grace_s
+                self.metrics.app(),
+                self.config.host,
+                self.config.metrics_port,
+                self.config.grace_s,
+                self.tls,
             )
             self.metrics_port = await self._metrics_http.start()
         for service in ("", *served):
@@ -204,11 +215,15 @@ async def serve(config: ServerConfig) -> None:
     models = server.registry.repo.models()
     if server.registry.default_model:
         print(f"default model: {describe_default(server.registry)}", flush=True)
+    scheme = "https" if server.tls else "http"
+    if server.tls:
+        print(server.tls.describe(), flush=True)
     if server.http_port:
-        print(f"HTTP/JSON API on http://{config.host}:{server.http_port}", flush=True)
+        print(f"HTTP/JSON API on {scheme}://{config.host}:{server.http_port}", flush=True)
     if server.metrics_port:
         print(
-            f"Prometheus metrics on http://{config.host}:{server.metrics_port}/metrics", flush=True
+            f"Prometheus metrics on {scheme}://{config.host}:{server.metrics_port}/metrics",
+            flush=True,
         )
     print(server.gate.describe(), flush=True)
     print(

@@ -177,11 +177,11 @@ def serve(
         Limits,
         RuntimeConfig,
         ServerConfig,
-        TlsConfig,
         parse_aliases,
     )
     from lens_server.errors import LensError
     from lens_server.gpu import cuda_available
+    from lens_server.tls import from_options, load_tls
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -189,6 +189,12 @@ def serve(
     try:  # a key list the server cannot use stops it before it listens, with exit code 2
         keys = ApiKeys.read(api_keys, os.environ.get("LENS_API_KEYS"))
     except KeyListError as e:
+        fail(str(e), 2)
+    try:  # so do TLS files it cannot use, and TLS options given by halves
+        tls = from_options(tls_cert, tls_key, tls_client_ca)
+        if tls:
+            load_tls(tls)
+    except ValueError as e:
         fail(str(e), 2)
     try:
         runtime = RuntimeConfig(
@@ -223,7 +229,7 @@ def serve(
             weaviate_model=weaviate_model,
             drain_delay_s=drain_delay,
             grace_s=grace_s,
-            tls=TlsConfig(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None,
+            tls=tls,
             log_format=log_format,
         )
         asyncio.run(run(config))

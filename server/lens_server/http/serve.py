@@ -8,20 +8,31 @@ import socket
 import uvicorn
 
 from lens_server.http.guard import ASGIApp
+from lens_server.tls import ServerTls
 
 
 class HttpServer:
-    """Serves an ASGI app on `host:port` (0: any free port) until `stop`."""
+    """Serves an ASGI app on `host:port` (0: any free port) until `stop`; over TLS where `tls`
+    is given (and asking clients for their certificate where it names a client CA)."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, grace_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        grace_s: float = 5.0,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self._config = uvicorn.Config(
             app,
             lifespan="off",
             access_log=False,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through the server's log (lens_server.logs)
             timeout_keep_alive=30,
             timeout_graceful_shutdown=max(1, round(grace_s)),
+            **(tls.uvicorn_options() if tls else {}),
         )
         self._server = uvicorn.Server(self._config)
         self._task: asyncio.Task[None] | None = None
@@ -44,7 +55,8 @@ class HttpServer:
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         # uvicorn's own `serve` would install its signal handlers over the server's; these
-        # are the steps it takes inside them.
+        # are the steps it takes inside them. `load` builds the SSL context from the TLS
+        # options, and `startup` serves the socket through it.
         self._config.load()
         self._server.lifespan = self._config.lifespan_class(self._config)
         await self._server.startup(sockets=[sock])
