@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 
 from lens_client.cli_common import Repo, fail
@@ -25,11 +26,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(imports, name="import")
 
 
-DEFAULT_ARCH = {"clip": "lens-tiny-clip", "simclr": "lens-tiny-resnet", "mae": "lens-tiny-vit"}
+DEFAULT_ARCH = {
+    "clip": "lens-tiny-clip",
+    "simclr": "lens-tiny-resnet",
+    "mae": "lens-tiny-vit",
+    "moco": "lens-tiny-resnet",
+    "byol": "lens-tiny-resnet",
+    "barlow": "lens-tiny-resnet",
+    "vicreg": "lens-tiny-resnet",
+}
 
 
 def train(
-    method: Annotated[str, typer.Argument(help="clip, simclr or mae.")],
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="clip, simclr, mae, moco, byol, barlow or vicreg.")],
     data: Annotated[
         str,
         typer.Option(
@@ -55,9 +65,40 @@ def train(
     accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate (0: the method's).")] = 0.0,
     optimizer: Annotated[str, typer.Option(help="adamw or lars (default: the paper's).")] = "",
+    plan: Annotated[
+        str,
+        typer.Option(
+            help="quick: the method's tested CPU plan on mnist (training/quick.py); "
+            "options given beside it win."
+        ),
+    ] = "",
     temperature: Annotated[
-        float, typer.Option(help="NT-Xent temperature (SimCLR); 0.2 learns faster on digits.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help="InfoNCE temperature (SimCLR 0.5, MoCo 0.2; 0.2 learns faster on digits)."
+        ),
+    ] = None,
+    queue: Annotated[
+        int, typer.Option(help="MoCo: negatives kept, a multiple of the batch.")
+    ] = 4096,
+    momentum: Annotated[
+        float | None,
+        typer.Option(help="MoCo/BYOL target EMA momentum in [0, 1) (0.99, 0.996)."),
+    ] = None,
+    momentum_end: Annotated[
+        float | None,
+        typer.Option(help="Where the momentum's cosine schedule ends (0.999, 1)."),
+    ] = None,
+    barlow_lambda: Annotated[
+        float, typer.Option(help="Barlow Twins: off-diagonal weight λ.")
+    ] = 5e-3,
+    invariance_weight: Annotated[float, typer.Option(help="VICReg: invariance weight.")] = 25.0,
+    variance_weight: Annotated[float, typer.Option(help="VICReg: variance weight.")] = 25.0,
+    covariance_weight: Annotated[float, typer.Option(help="VICReg: covariance weight.")] = 1.0,
+    projector_dim: Annotated[
+        int,
+        typer.Option(help="Projector width (0: MoCo 2048, BYOL 4096, Barlow/VICReg 8192)."),
+    ] = 0,
     holdout: Annotated[
         float, typer.Option(help="Held-out images: a count, or a fraction < 1.")
     ] = 1000,
@@ -76,12 +117,23 @@ def train(
     ] = False,
     repo: Repo = Path("models"),
 ) -> None:
-    """Train a CLIP, SimCLR or MAE encoder; evaluate it against its random init."""
+    """Train an encoder (CLIP, SimCLR, MAE, MoCo v2, BYOL, Barlow Twins or VICReg); evaluate
+    it against its random init."""
     from lens_training.config import TrainConfig, TrainError
     from lens_training.loop import Trainer
+    from lens_training.quick import plan_settings
 
     if method not in DEFAULT_ARCH:
-        fail(f"unknown method {method!r}: use clip, simclr or mae", 2)
+        fail(f"unknown method {method!r}: use {', '.join(DEFAULT_ARCH)}", 2)
+    try:
+        planned = plan_settings(plan, method) if plan else {}
+    except ValueError as e:
+        fail(str(e), 2)
+    from_plan = {  # a plan's setting where its option was left at the default
+        key: value
+        for key, value in planned.items()
+        if ctx.get_parameter_source(key) is click.core.ParameterSource.DEFAULT
+    }
     if if_missing and export and _existing(repo, export):
         return
     if out is None:
@@ -92,11 +144,8 @@ def train(
         out = Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        config = TrainConfig(
-            method=method,
-            data=data,
+        settings = dict(
             arch=arch or ("" if init else DEFAULT_ARCH[method]),
-            out=str(out),
             steps=steps,
             epochs=epochs,
             batch_size=batch_size,
@@ -104,6 +153,20 @@ def train(
             lr=lr,
             optimizer=optimizer,
             temperature=temperature,
+            queue=queue,
+            momentum=momentum,
+            momentum_end=momentum_end,
+            barlow_lambda=barlow_lambda,
+            invariance_weight=invariance_weight,
+            variance_weight=variance_weight,
+            covariance_weight=covariance_weight,
+            projector_dim=projector_dim,
+        )
+        config = TrainConfig(
+            method=method,
+            data=data,
+            out=str(out),
+            **{**settings, **from_plan},  # type: ignore[arg-type]
             holdout=holdout,
             seed=seed,
             device=device,

@@ -42,8 +42,16 @@ class TrainConfig:
     weight_decay: float = -1.0  # < 0: the method's default
     warmup: float = 0.1  # share of the steps
     optimizer: str = ""  # "": the method's default (adamw, or lars for SimCLR)
-    temperature: float = 0.5
+    temperature: float | None = None  # None: the method's (SimCLR 0.5, MoCo 0.2)
     mask_ratio: float = 0.75
+    queue: int = 4096  # MoCo's negatives; a multiple of the batch (per accumulation step)
+    momentum: float | None = None  # MoCo's and BYOL's target EMA; None: 0.99, 0.996
+    momentum_end: float | None = None  # where its cosine ends; None: 0.999 (MoCo), 1 (BYOL)
+    barlow_lambda: float = 5e-3  # Barlow Twins' off-diagonal weight
+    invariance_weight: float = 25.0  # VICReg's loss weights
+    variance_weight: float = 25.0
+    covariance_weight: float = 1.0
+    projector_dim: int = 0  # 0: the method's (MoCo 2048, BYOL 4096, Barlow/VICReg 8192)
     augment: str = ""  # SimCLR: paper or digits; "": digits for the built-in sets, else paper
     holdout: float = 1000  # a count of images, or a fraction < 1
     seed: int = 0
@@ -72,8 +80,24 @@ class TrainConfig:
             ("lr", math.isfinite(self.lr) and self.lr >= 0, "finite and >= 0 (0: the method's)"),
             ("weight_decay", math.isfinite(self.weight_decay), "finite (< 0: the method's)"),
             ("warmup", 0 <= self.warmup <= 1, "a share of the steps in [0, 1]"),
-            ("temperature", 0 < self.temperature < math.inf, "finite and > 0"),
+            (
+                "temperature",
+                self.temperature is None or 0 < self.temperature < math.inf,
+                "finite and > 0",
+            ),
             ("mask_ratio", 0 < self.mask_ratio < 1, "in (0, 1)"),
+            ("queue", self.queue >= 1, ">= 1"),
+            ("momentum", self.momentum is None or 0 <= self.momentum < 1, "in [0, 1)"),
+            (
+                "momentum_end",
+                self.momentum_end is None or (self.momentum or 0) <= self.momentum_end <= 1,
+                "in [momentum, 1]",
+            ),
+            ("barlow_lambda", _weight(self.barlow_lambda), "finite and >= 0"),
+            ("invariance_weight", _weight(self.invariance_weight), "finite and >= 0"),
+            ("variance_weight", _weight(self.variance_weight), "finite and >= 0"),
+            ("covariance_weight", _weight(self.covariance_weight), "finite and >= 0"),
+            ("projector_dim", self.projector_dim >= 0, ">= 1 (0: the method's)"),
             (
                 "holdout",
                 0 < holdout < 1 or (1 <= holdout < math.inf and holdout == int(holdout)),
@@ -99,6 +123,16 @@ class TrainConfig:
             raise TrainError(
                 f"batch_size {self.batch_size} must be divisible by accum {self.accum}"
             )
+        if self.method == "moco" and self.queue % (self.batch_size // self.accum):
+            each = "batch_size" if self.accum == 1 else "batch_size / accum"
+            raise TrainError(
+                f"queue {self.queue} must be divisible by the {each}, "
+                f"{self.batch_size // self.accum} (the keys enqueued per step)"
+            )
+        if self.method == "vicreg" and not (
+            self.invariance_weight or self.variance_weight or self.covariance_weight
+        ):
+            raise TrainError("VICReg needs at least one of its loss weights > 0, got all 0")
 
     def defaults(self) -> TrainConfig:
         """The method's published settings where the user gave none."""
@@ -106,6 +140,12 @@ class TrainConfig:
             "clip": (5e-4, 0.2, "adamw"),
             "simclr": (0.3 * self.batch_size / 256, 1e-6, "lars"),
             "mae": (1.5e-4 * self.batch_size / 256, 0.05, "adamw"),
+            # MoCo v2: SGD 0.03 per 256; BYOL and Barlow Twins: LARS 0.2 per 256 (Barlow's
+            # biases 0.0048); VICReg: LARS 0.2 per 256 (here: LARS, with the papers' decay)
+            "moco": (0.03 * self.batch_size / 256, 1e-4, "lars"),
+            "byol": (0.2 * self.batch_size / 256, 1.5e-6, "lars"),
+            "barlow": (0.2 * self.batch_size / 256, 1.5e-6, "lars"),
+            "vicreg": (0.2 * self.batch_size / 256, 1e-6, "lars"),
         }[self.method]
         return replace(
             self,
@@ -113,6 +153,20 @@ class TrainConfig:
             weight_decay=wd if self.weight_decay < 0 else self.weight_decay,
             optimizer=self.optimizer or opt,
         )
+
+    def method_settings(self) -> dict[str, Any]:
+        """The keyword settings of `methods.build` this run's method is built with."""
+        return {
+            "temperature": self.temperature,
+            "augment": self.augment_preset,
+            "mask_ratio": self.mask_ratio,
+            "queue": self.queue,
+            "momentum": self.momentum,
+            "momentum_end": self.momentum_end,
+            "barlow_lambda": self.barlow_lambda,
+            "loss_weights": (self.invariance_weight, self.variance_weight, self.covariance_weight),
+            "projector_dim": self.projector_dim,
+        }
 
     @property
     def augment_preset(self) -> str:
@@ -142,6 +196,10 @@ def _either(choices: tuple[str, ...]) -> str:
 def _choose(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise TrainError(f"{name} must be {_either(tuple(c for c in choices if c))}, got {value!r}")
+
+
+def _weight(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
 
 
 def _is_device(name: str) -> bool:

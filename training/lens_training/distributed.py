@@ -38,6 +38,17 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """(n, D) per rank → (W·n, D), rank order, without gradient (MoCo's keys for the queue);
+    `x` itself with one process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def shard(indices: torch.Tensor) -> torch.Tensor:
     """This rank's slice of a global batch of indices."""
     if not dist.is_initialized():

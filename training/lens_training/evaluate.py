@@ -9,6 +9,7 @@ open_clip's `build_zero_shot_classifier` (mean of normalised template embeddings
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,6 +95,22 @@ def zero_shot_top1(
     return float(((test @ weights.T).argmax(1) == labels).float().mean())
 
 
+def spread(features: torch.Tensor) -> dict[str, float]:
+    """How far an embedding is from collapse, on L2-normalised features (N, D).
+
+    `embedding_std`: the mean over dimensions of the per-dimension standard deviation, times
+    √D (Chen & He, 2021, SimSiam: a collapsed embedding gives 0; unit vectors spread evenly
+    over the sphere give about 1). `effective_rank`: exp of the entropy of the normalised
+    singular values of the centred features (Roy & Vetterli, 2007), from 1 (a line) to D.
+    """
+    d = features.shape[1]
+    std = float(features.std(dim=0).mean()) * math.sqrt(d)
+    singular = torch.linalg.svdvals((features - features.mean(dim=0)).double())
+    p = singular / singular.sum().clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return {"embedding_std": std, "effective_rank": float(entropy.exp())}
+
+
 def evaluate(
     method: Method,
     train: ImageSet,
@@ -101,11 +118,13 @@ def evaluate(
     templates: Sequence[str] = DIGIT_TEMPLATES,
     probe: bool = True,
 ) -> dict[str, float]:
-    """Every metric that applies: knn_top1, linear_probe_top1, zero_shot_top1 (CLIP)."""
+    """Every metric that applies: knn_top1, linear_probe_top1, zero_shot_top1 (CLIP), and the
+    held-out embedding's `spread` (embedding_std, effective_rank)."""
     if train.labels is None or test.labels is None:
         return {}
     f_train, f_test = features(method, train), features(method, test)
     metrics = {"knn_top1": knn_top1(f_train, train.labels, f_test, test.labels)}
+    metrics.update(spread(f_test))
     if probe:
         metrics["linear_probe_top1"] = linear_probe_top1(f_train, train.labels, f_test, test.labels)
     if isinstance(method, ClipMethod) and test.classes:

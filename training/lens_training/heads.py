@@ -1,4 +1,5 @@
-"""Heads used in training only, dropped at export: SimCLR's projection, MAE's decoder."""
+"""Heads used in training only, dropped at export: the projections of the two-view methods,
+BYOL's predictor, MAE's decoder."""
 
 from __future__ import annotations
 
@@ -11,19 +12,31 @@ from lens_training.masking import random_masking
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR's 2-layer MLP: Linear → BatchNorm → ReLU → Linear (Chen et al., 2020).
+    """An MLP of `layers` linear layers with BatchNorm and ReLU between them.
 
+    Two layers (the default) are SimCLR's projection (Chen et al., 2020), MoCo v2's and BYOL's
+    projection and BYOL's predictor (Grill et al., 2020: hidden 4,096, out 256); three layers
+    of one width are the wide projectors of Barlow Twins (Zbontar et al., 2021) and VICReg
+    (Bardes et al., 2022), 8,192 wide in the papers.
     Shape: (N, in_dim) → (N, out_dim).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        if layers < 1:
+            raise ValueError(f"a projection head needs at least one layer, got {layers}")
+        blocks: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers - 1):
+            blocks += [
+                nn.Linear(width, hidden_dim, bias=False),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+            ]
+            width = hidden_dim
+        self.net = nn.Sequential(*blocks, nn.Linear(width, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

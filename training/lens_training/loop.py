@@ -103,13 +103,7 @@ class Trainer:
     def _method(self) -> Method:
         config = self.config
         try:
-            method = build(
-                config.method,
-                self.arch,
-                temperature=config.temperature,
-                augment=config.augment_preset,
-                mask_ratio=config.mask_ratio,
-            ).to(self.device)
+            method = build(config.method, self.arch, **config.method_settings()).to(self.device)
         except (ValueError, TypeError) as e:
             raise TrainError(f"architecture {self.arch_name} for {config.method}: {e}") from None
         if self.device.type == "cuda":
@@ -181,7 +175,13 @@ class Trainer:
     def _init_from_repository(self, ref: str) -> None:
         saved = checkpoint.of_version(Path(self.config.repo), ref)
         self._check_compatible(saved, f"--init {ref}")
-        self.method.load_state_dict(saved["model"])
+        try:
+            self.method.load_state_dict(saved["model"])
+        except RuntimeError as e:  # a projector width or queue size other than the run's
+            first = str(e).splitlines()[1:2] or [str(e)]
+            raise TrainError(
+                f"--init {ref}: its weights do not fit this run's settings: {first[0].strip()}"
+            ) from None
         log.info("initialised from %s", ref)
 
     def _check_compatible(self, saved: dict[str, Any], what: str) -> None:
@@ -261,6 +261,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
+        self.method.after_step(self.step + 1, self.total)  # momentum networks follow
         return total
 
     def _loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The three training methods. Each owns its encoder(s) and training-only parts, turns a batch
+"""The training methods (CLIP, SimCLR and MAE here; MoCo v2, BYOL, Barlow Twins and VICReg in
+`siamese.py`). Each owns its encoder(s) and training-only parts, turns a batch
 into its loss (`loss`), and exposes what is exported and evaluated (`image_encoder`,
 `encode`), kept apart from the objective so that export never carries training code."""
 
@@ -17,7 +18,7 @@ from lens_training.heads import MAEDecoder, ProjectionHead, encode_visible, patc
 from lens_training.losses import ClipLoss, MaskedPixelLoss, NTXentLoss
 from lens_training.whitening import Whitening
 
-METHODS = ("clip", "simclr", "mae")
+METHODS = ("clip", "simclr", "mae", "moco", "byol", "barlow", "vicreg")
 
 
 class Method(nn.Module):
@@ -47,6 +48,10 @@ class Method(nn.Module):
     def calibrate(self, pixels: torch.Tensor) -> None:
         """Fits what the embedding learns from data rather than by gradient (MAE's whitening)
         on uint8 training images (N, 3, S, S). Nothing for CLIP and SimCLR."""
+
+    def after_step(self, step: int, total: int) -> None:
+        """Called by the loop after optimiser step `step` of `total` (1-based): where momentum
+        networks follow their online ones (MoCo, BYOL). Nothing for the others."""
 
     @torch.no_grad()
     def encode(
@@ -179,21 +184,47 @@ def build(
     kind: str,
     config: dict[str, Any],
     *,
-    temperature: float = 0.5,
+    temperature: float | None = None,
     augment: str = "paper",
     mask_ratio: float = 0.75,
+    queue: int = 4096,
+    momentum: float | None = None,
+    momentum_end: float | None = None,
+    barlow_lambda: float = 5e-3,
+    loss_weights: tuple[float, float, float] = (25.0, 25.0, 1.0),
+    projector_dim: int = 0,
 ) -> Method:
-    """Method `kind` on architecture `config`, with the settings that apply to it: SimCLR's
-    NT-Xent `temperature` and augmentation preset (`augment`, see `AugmentConfig.preset`),
-    MAE's `mask_ratio`. The defaults are the papers'. ValueError for a bad setting or an
-    architecture the method cannot train."""
+    """Method `kind` on architecture `config`, with the settings that apply to it: the
+    temperature (SimCLR's NT-Xent, 0.5; MoCo's InfoNCE, 0.2) and augmentation preset
+    (`augment`, see `AugmentConfig.preset`) of the two-view methods, MAE's `mask_ratio`,
+    MoCo's `queue` size, the momentum of MoCo's and BYOL's target networks and where its
+    cosine schedule ends, Barlow Twins' λ, VICReg's invariance, variance and covariance
+    weights, and the projector's width (0: the paper's). None: the paper's. ValueError for a
+    bad setting or an architecture the method cannot train."""
     if kind == "clip":
         if "text_cfg" not in config:
             raise ValueError("CLIP needs an architecture with a text tower (text_cfg)")
         return ClipMethod(config)
-    if kind == "simclr":
-        views = AugmentConfig.preset(augment, image_size(config))
-        return SimCLRMethod(config, temperature=temperature, augment=views)
     if kind == "mae":
         return MAEMethod(config, mask_ratio=mask_ratio)
-    raise ValueError(f"unknown method {kind!r}: use one of {', '.join(METHODS)}")
+    if kind not in METHODS:
+        raise ValueError(f"unknown method {kind!r}: use one of {', '.join(METHODS)}")
+    views = AugmentConfig.preset(augment, image_size(config))
+    if kind == "simclr":
+        return SimCLRMethod(
+            config, temperature=0.5 if temperature is None else temperature, augment=views
+        )
+    from lens_training import siamese
+
+    width = {"projector_dim": projector_dim} if projector_dim else {}
+    if kind in ("moco", "byol"):
+        paper = {"moco": (0.99, 0.999), "byol": (0.996, 1.0)}[kind]
+        start = paper[0] if momentum is None else momentum
+        end = max(paper[1], start) if momentum_end is None else momentum_end
+        if kind == "moco":
+            t = 0.2 if temperature is None else temperature
+            return siamese.MoCoMethod(config, t, queue, start, end, augment=views, **width)
+        return siamese.BYOLMethod(config, start, end, augment=views, **width)
+    if kind == "barlow":
+        return siamese.BarlowTwinsMethod(config, barlow_lambda, augment=views, **width)
+    return siamese.VICRegMethod(config, loss_weights, augment=views, **width)

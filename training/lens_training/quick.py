@@ -25,3 +25,13 @@ PLANS: dict[str, dict[str, Any]] = {
     },
     "mae": {"arch": "lens-tiny-vit", "steps": 1200, "batch_size": 256, "lr": 3e-3},
 }
+
+
+def plan_settings(name: str, method: str) -> dict[str, Any]:
+    """The settings of plan `name` for `method` (`lens train METHOD --plan quick`); ValueError
+    naming the plans and methods there are."""
+    if name != "quick":
+        raise ValueError(f"unknown plan {name!r}: use quick")
+    if method not in PLANS:
+        raise ValueError(f"no quick plan for {method!r}: there are {', '.join(PLANS)}")
+    return dict(PLANS[method])

@@ -1,6 +1,7 @@
 """`lens export RUN_DIR`: a trained run → a servable version in the repository.
 
-SimCLR exports its encoder without the projection head; MAE its encoder on all patches (no
+SimCLR, MoCo, BYOL, Barlow Twins and VICReg export their online encoder without projection
+heads, predictors, momentum networks or queue; MAE its encoder on all patches (no
 masking), decoder dropped, mean-pooled and whitened as it was evaluated; CLIP both towers and the
 tokenizer. Parity against the PyTorch model is checked and recorded; the evaluation metrics,
 the training configuration and the dataset go into the manifest, and the weights
@@ -33,7 +34,9 @@ def load_run(run: Path) -> tuple[dict[str, Any], Method]:
     if not path.is_file():
         raise TrainError(f"{run}: no {CHECKPOINT} (train first, or point at a run folder)")
     saved = checkpoint.load(path)
-    method = build(saved["method"], saved["arch"])
+    # the settings that shape the weights (projector width, MoCo's queue) are the run's
+    settings = checkpoint.config_of(saved).method_settings() if "config" in saved else {}
+    method = build(saved["method"], saved["arch"], **settings)
     method.load_state_dict(saved["model"])
     return saved, method.eval()
 
