@@ -15,6 +15,7 @@ from lens_client.cli_common import Repo, fail
 
 if TYPE_CHECKING:
     from lens_server.repository import Repository
+    from lens_training.export.quantize import Quantize
 
 
 def register(app: typer.Typer) -> None:
@@ -192,16 +193,61 @@ def train(
         _export(out, export, repo)
 
 
+QuantizeOption = Annotated[
+    str,
+    typer.Option(
+        "--quantize",
+        help="int8: write int8 towers (ONNX Runtime static quantization, calibrated), "
+        "gated by parity to fp32; default: fp32.",
+    ),
+]
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --quantize: a folder of images (and .txt files of texts, one a line) to "
+        "calibrate on; default: the training data, else the sample photos and texts."
+    ),
+]
+GateOption = Annotated[
+    float | None,
+    typer.Option(
+        help="With --quantize: the lowest cosine to the fp32 towers accepted; default 0.99, "
+        "0.98 for random weights."
+    ),
+]
+
+
+def _quantize(scheme: str, calibration: Path | None, gate: float | None) -> Quantize | None:
+    """The quantization asked for, checked before any model is built (exit 2 naming the bad
+    value)."""
+    if not scheme:
+        if calibration is not None or gate is not None:
+            fail("--calibration and --parity-gate need --quantize", 2)
+        return None
+    from lens_training.export import calibration as sets
+    from lens_training.export.quantize import Quantize
+
+    try:
+        chosen = sets.folder(calibration) if calibration is not None else None
+        return Quantize(scheme, chosen, gate)
+    except ValueError as e:
+        fail(str(e), 2)
+
+
 def export_command(
     run: Annotated[Path, typer.Argument(help="A training run folder.")],
     name: Annotated[str, typer.Option(help="Model name in the repository.")],
     repo: Repo = Path("models"),
+    quantize: QuantizeOption = "",
+    calibration: CalibrationOption = None,
+    parity_gate: GateOption = None,
 ) -> None:
-    """Export a trained run as the next version of NAME (parity-checked)."""
-    _export(run, name, repo)
+    """Export a trained run as the next version of NAME (parity-checked; int8 with
+    --quantize)."""
+    _export(run, name, repo, _quantize(quantize, calibration, parity_gate))
 
 
-def _export(run: Path, name: str, repo: Path) -> None:
+def _export(run: Path, name: str, repo: Path, quantize: Quantize | None = None) -> None:
     from lens_server.errors import LensError
     from lens_server.repository import Repository
     from lens_training.config import TrainError
@@ -210,7 +256,7 @@ def _export(run: Path, name: str, repo: Path) -> None:
 
     repository = Repository(repo)
     try:
-        version, path = export_run(repository, run, name)
+        version, path = export_run(repository, run, name, quantize)
     except (ParityError, LensError, TrainError, OSError) as e:
         fail(f"export failed, nothing written: {e}")
     _written(repository, name, version, path)
@@ -230,9 +276,21 @@ def import_openclip(
     if_missing: Annotated[
         bool, typer.Option(help="Do nothing if the model has a version.")
     ] = False,
+    quantize: QuantizeOption = "",
+    calibration: CalibrationOption = None,
+    parity_gate: GateOption = None,
 ) -> None:
     """Import an open_clip model: export both towers to ONNX, check parity, add a version."""
-    _import(repo, name, if_missing, "openclip", arch=arch, pretrained=pretrained or None)
+    scheme = _quantize(quantize, calibration, parity_gate)
+    _import(
+        repo,
+        name,
+        if_missing,
+        "openclip",
+        arch=arch,
+        pretrained=pretrained or None,
+        quantize=scheme,
+    )
 
 
 def import_hf(
@@ -242,11 +300,15 @@ def import_hf(
     if_missing: Annotated[
         bool, typer.Option(help="Do nothing if the model has a version.")
     ] = False,
+    quantize: QuantizeOption = "",
+    calibration: CalibrationOption = None,
+    parity_gate: GateOption = None,
 ) -> None:
     """Import a transformers CLIPModel folder: export, check parity, add a version."""
     if not folder.is_dir():
         fail(f"{folder}: no such folder", 2)
-    _import(repo, name, if_missing, "hf", folder=folder)
+    scheme = _quantize(quantize, calibration, parity_gate)
+    _import(repo, name, if_missing, "hf", folder=folder, quantize=scheme)
 
 
 def _import(repo: Path, name: str, if_missing: bool, source: str, **kwargs: object) -> None:

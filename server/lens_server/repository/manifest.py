@@ -108,6 +108,9 @@ class Manifest:
     # "text"; "image.program" and "text.program" for the fp16 programs), and what it was
     # measured on.
     parity: dict[str, Any] = field(default_factory=dict)
+    # How the towers were quantized ({} for fp32): scheme, calibration set, nodes kept fp32,
+    # the parity gate; an int8 version's parity is its cosine to the fp32 towers.
+    quantization: dict[str, Any] = field(default_factory=dict)
     # Where the weights came from: {"type": "openclip", "arch": ..., "pretrained": ...}.
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -145,6 +148,8 @@ class Manifest:
             )
             origin = f"{kind}:{source.get('arch')}, {weights}"
         parity = ", ".join(f"{t} parity {p['min_cosine']:.6f}" for t, p in self.parity.items())
+        if scheme := self.quantization.get("scheme"):
+            origin += f", {scheme} (gate {self.quantization.get('gate')})"
         return f"{origin}, dim {self.dim}" + (f", {parity}" if parity else "")
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from lens_server.repository import ImageSpec, Repository, TextSpec
 from lens_training.encoders import OPENAI_MEAN, OPENAI_STD
+from lens_training.export.quantize import Quantize
 from lens_training.export.towers import Encode, TowerSource, clip_manifest, export_version
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest", 1: "lanczos"}
@@ -69,8 +70,11 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def import_hf(repo: Repository, folder: Path, name: str) -> tuple[int, Path]:
-    """Exports both towers of the `CLIPModel` in `folder`; ParityError writes nothing."""
+def import_hf(
+    repo: Repository, folder: Path, name: str, quantize: Quantize | None = None
+) -> tuple[int, Path]:
+    """Exports both towers of the `CLIPModel` in `folder` (int8 with `quantize`); ParityError
+    writes nothing."""
     from transformers import AutoTokenizer, CLIPModel
 
     model = CLIPModel.from_pretrained(str(folder)).eval()
@@ -127,4 +131,5 @@ def import_hf(repo: Repository, folder: Path, name: str) -> tuple[int, Path]:
         image=TowerSource(Encode(model, image_tower), reference_images),
         text=TowerSource(Encode(model, text_tower), reference_texts),
         write_files=lambda staged: backend.save(str(staged / text.tokenizer)),
+        quantize=quantize,
     )

@@ -13,6 +13,7 @@ from lens_server.repository import ImageSpec, Repository, TextSpec
 from lens_training import checkpoint
 from lens_training.checkpoint import CHECKPOINT
 from lens_training.export import tokenizer as tokenizers
+from lens_training.export.quantize import Quantize
 from lens_training.export.towers import Encode, TowerSource, clip_manifest, export_version, pixels
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,18 @@ def image_spec_from_openclip(cfg: dict[str, Any]) -> ImageSpec:
 
 
 def import_openclip(
-    repo: Repository, arch: str, name: str, pretrained: str | None = None
+    repo: Repository,
+    arch: str,
+    name: str,
+    pretrained: str | None = None,
+    quantize: Quantize | None = None,
 ) -> tuple[int, Path]:
     """Builds `arch` and commits it as the next version of `name`.
 
     `arch` is a name open_clip knows or an architecture .json file; weights are random unless
     `pretrained` names a local checkpoint or a pretrained tag. Both towers are exported and
-    checked for parity on real photos and texts.
+    checked for parity on real photos and texts; with `quantize`, written as int8 graphs
+    (gated at the random-weights gate unless `pretrained` is given).
 
     Raises ParityError (writing nothing) if the export does not reproduce open_clip.
     """
@@ -87,6 +93,8 @@ def import_openclip(
         image=TowerSource(Encode(model, lambda m, x: m.encode_image(x)), reference_images),
         text=TowerSource(Encode(model, lambda m, x: m.encode_text(x)), reference_texts),
         write_files=lambda staged: _write(staged, tokenizer, text, arch, config, model),
+        quantize=quantize,
+        random_weights=pretrained is None,
     )
 
 

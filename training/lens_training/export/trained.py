@@ -10,7 +10,9 @@ the training configuration and the dataset go into the manifest, and the weights
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,18 @@ import numpy as np
 import torch
 
 from lens_server.preprocess import ImagePreprocessor
-from lens_server.repository import Manifest, Repository, TextSpec
+from lens_server.repository import ImageSpec, Manifest, Repository, TextSpec
 from lens_training import checkpoint
 from lens_training.checkpoint import CHECKPOINT
 from lens_training.config import TrainError
 from lens_training.encoders import image_spec_of_arch
+from lens_training.export import calibration
 from lens_training.export import tokenizer as tokenizers
+from lens_training.export.quantize import Quantize
 from lens_training.export.towers import Encode, TowerSource, export_version
 from lens_training.methods import ClipMethod, Method, build
+
+log = logging.getLogger(__name__)
 
 
 def load_run(run: Path) -> tuple[dict[str, Any], Method]:
@@ -41,7 +47,11 @@ def load_run(run: Path) -> tuple[dict[str, Any], Method]:
     return saved, method.eval()
 
 
-def export_run(repo: Repository, run: Path, name: str) -> tuple[int, Path]:
+def export_run(
+    repo: Repository, run: Path, name: str, quantize: Quantize | None = None
+) -> tuple[int, Path]:
+    """Exports the run as the next version of `name`; int8 with `quantize`, calibrated on the
+    run's training data unless it names a calibration set."""
     saved, method = load_run(run)
     spec = image_spec_of_arch(saved["arch"])
     preprocess = ImagePreprocessor(spec)
@@ -104,4 +114,23 @@ def export_run(repo: Repository, run: Path, name: str) -> tuple[int, Path]:
         image=TowerSource(encoder, reference_images),
         text=text_source,
         write_files=write_files,
+        quantize=_with_training_data(quantize, config.get("data"), spec),
     )
+
+
+def _with_training_data(
+    quantize: Quantize | None, source: str | None, spec: ImageSpec
+) -> Quantize | None:
+    """`quantize` calibrated on the run's training data, unless it names its own set; the
+    sample photos and texts (logged) where the data is no longer where the run read it."""
+    if quantize is None or quantize.calibration is not None or not source:
+        return quantize
+    from lens_training import data
+
+    try:
+        images = data.load(source, spec)
+    except (data.DataError, OSError, ImportError) as e:
+        log.warning("int8 calibration on the sample photos: training data unreadable (%s)", e)
+        return quantize
+    chosen = calibration.training_data(source, images.pixels, images.captions, images.classes)
+    return replace(quantize, calibration=chosen)
