@@ -1,8 +1,10 @@
 """Run by test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU).
 
 Each rank embeds its half of a fixed global batch with a DDP-wrapped linear encoder, gathers
-the embeddings with gradient, computes NT-Xent and CLIP losses over the global batch, and
-backpropagates. Rank 0 writes the loss and the synced gradients to the file named in argv.
+the embeddings with gradient, computes NT-Xent, CLIP, Barlow Twins and VICReg losses over the
+global batch (the last two on its batch statistics), and backpropagates; the second view's
+embeddings, gathered without gradient, go into a MoCo queue as its keys. Rank 0 writes the
+loss, the synced gradients and the queue to the file named in argv.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch.distributed as dist
 from torch import nn
 
 from lens_training import distributed
-from lens_training.losses import clip_loss, nt_xent
+from lens_training.losses import barlow_twins_loss, clip_loss, nt_xent, vicreg_loss
+from lens_training.momentum import KeyQueue
 
 
 def main(out: str) -> None:
@@ -28,13 +31,17 @@ def main(out: str) -> None:
     z_a = distributed.gather_with_grad(model(inputs[0, local]))
     z_b = distributed.gather_with_grad(model(inputs[1, local]))
     loss = nt_xent(z_a, z_b, 0.5) + clip_loss(z_a, z_b, torch.tensor(2.0))
+    loss = loss + barlow_twins_loss(z_a, z_b, 0.1) + vicreg_loss(z_a, z_b)
     loss.backward()
+    queue = KeyQueue(16, 4)
+    queue.push(distributed.gather(model(inputs[1, local]).detach()))
     if rank == 0:
         torch.save(
             {
                 "world": world,
                 "loss": loss.detach(),
                 "grads": [p.grad.clone() for p in encoder.parameters()],
+                "queue": queue.ordered(),
             },
             out,
         )
