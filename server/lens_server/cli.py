@@ -14,10 +14,42 @@ from lens_client.cli_common import Repo, fail, parse_bytes
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    # Every option without a variable of its own reads LENS_<OPTION> (LENS_HTTP_PORT).
+    app.command(context_settings={"auto_envvar_prefix": "LENS"})(serve)
+
+
+def _read_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """Reads --config before the other options resolve, so that it sits under them."""
+    from lens_server import settings
+
+    if value is not None:
+        try:
+            settings.load(ctx, value)
+        except ValueError as e:
+            fail(str(e), 2)
+    return value
 
 
 def serve(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="LENS_CONFIG",
+            is_eager=True,
+            callback=_read_config,
+            help="TOML file of these options, keys in snake_case (http_port = 8080), and "
+            "[models.NAME] tables of batching per model; flags and LENS_<OPTION> variables "
+            "override it.",
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config", help="Print the effective options as a --config file and exit."
+        ),
+    ] = False,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="gRPC port to listen on (0: any free port).")] = 50051,
     http_port: Annotated[
@@ -99,9 +131,11 @@ def serve(
     api_keys: Annotated[
         Path | None,
         typer.Option(
+            envvar="LENS_API_KEYS_FILE",
+            allow_from_autoenv=False,  # LENS_API_KEYS holds keys, not a file's name
             help="File of API keys, one 'KEY SCOPE[,SCOPE...]' a line (KEY or sha256:HEX; "
             "scopes embed, write, admin); LENS_API_KEYS adds entries separated by ';'. "
-            "No keys: every call is open."
+            "No keys: every call is open.",
         ),
     ] = None,
     rate_limit_rps: Annotated[
@@ -169,8 +203,8 @@ def serve(
     """
     import asyncio
 
+    from lens_server import settings
     from lens_server.access.keys import ApiKeys, KeyListError
-    from lens_server.app import serve as run
     from lens_server.config import (
         BatchConfig,
         ClientLimits,
@@ -187,12 +221,14 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:  # a key list the server cannot use stops it before it listens, with exit code 2
-        keys = ApiKeys.read(api_keys, os.environ.get("LENS_API_KEYS"))
+        # --print-config reads none of the files the options name (they may be secrets
+        # mounted only where the server runs).
+        keys = ApiKeys.read(None if print_config else api_keys, os.environ.get("LENS_API_KEYS"))
     except KeyListError as e:
         fail(str(e), 2)
     try:  # so do TLS files it cannot use, and TLS options given by halves
         tls = from_options(tls_cert, tls_key, tls_client_ca)
-        if tls:
+        if tls and not print_config:
             load_tls(tls)
     except ValueError as e:
         fail(str(e), 2)
@@ -202,6 +238,12 @@ def serve(
         )
         if decode_workers is not None:
             runtime = replace(runtime, decode_workers=decode_workers)
+        batch = BatchConfig(
+            max_batch_size or (256 if cuda_available() else 32),
+            max_queue_delay_ms,
+            max_queue_size,
+            instances,
+        )
         config = ServerConfig(
             repo=repo,
             collections=collections,
@@ -212,12 +254,8 @@ def serve(
             metrics_port=metrics_port,
             allow_url_fetch=allow_url_fetch,
             default_model=default_model,
-            batch=BatchConfig(
-                max_batch_size or (256 if cuda_available() else 32),
-                max_queue_delay_ms,
-                max_queue_size,
-                instances,
-            ),
+            batch=batch,
+            model_batch=settings.model_batch(ctx, batch),
             limits=Limits(max_inputs_per_request=max_inputs, max_labels=max_labels),
             runtime=runtime,
             memory_budget_bytes=parse_bytes(memory_budget),
@@ -232,6 +270,14 @@ def serve(
             tls=tls,
             log_format=log_format,
         )
+    except ValueError as e:  # options the server cannot use: exit code 2, before it listens
+        fail(str(e), 2)
+    if print_config:
+        typer.echo(settings.render(ctx, config), nl=False)
+        return
+    from lens_server.app import serve as run
+
+    try:
         asyncio.run(run(config))
     except (ValueError, LensError, OSError) as e:
         fail(str(e))

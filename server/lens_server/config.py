@@ -172,6 +172,8 @@ class ServerConfig:
     # The model requests without a model name get; None: the only model of the repository.
     default_model: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
+    # Models whose towers batch otherwise than `batch`, as (model name, batching) pairs.
+    model_batch: tuple[tuple[str, BatchConfig], ...] = ()
     limits: Limits = field(default_factory=Limits)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # Requests an EmbedStream processes at once, to keep the batcher busy.
@@ -212,6 +214,9 @@ class ServerConfig:
                 raise ValueError(f"alias {alias!r}={model!r}: give ALIAS=MODEL, both non-empty")
             if aliased.count(alias) > 1:
                 raise ValueError(f"alias {alias!r} is given more than once")
+        batched = [name for name, _ in self.model_batch]
+        if repeated := sorted({name for name in batched if batched.count(name) > 1}):
+            raise ValueError(f"batching of model {repeated[0]!r} is given more than once")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.http_port < 65536:
@@ -235,3 +240,7 @@ class ServerConfig:
             )
         if self.stream_window < 1:
             raise ValueError(f"stream_window must be >= 1, got {self.stream_window}")
+
+    def batch_for(self, model: str) -> BatchConfig:
+        """The batching of `model`'s towers: its own (`model_batch`), or else `batch`."""
+        return next((b for name, b in self.model_batch if name == model), self.batch)

@@ -62,7 +62,7 @@ def open_towers(manifest: Manifest, folder: Path, config: ServerConfig) -> dict[
             _program(folder, manifest, modality),
             manifest.dim,
             config.runtime,
-            config.batch.max_batch_size,
+            config.batch_for(manifest.name).max_batch_size,
             probe,
         )
         for modality, (spec, probe) in probes.items()
@@ -136,13 +136,14 @@ class LoadedVersion:
         }
         observe = self._metrics.get
         label = f"{manifest.name}:{manifest.version}"
+        batching = config.batch_for(manifest.name)
         self._device_images: DeviceImages | None = None
         if manifest.image:
             self.image = ImagePreprocessor(manifest.image, config.limits)
             tower = towers["image"].tower
             self._device_images = image_pipeline(manifest.image, config.runtime, self.image, tower)
             if self._device_images:
-                batch = _overlapping(config.batch, f"{label}/image")
+                batch = _overlapping(batching, f"{label}/image")
                 self.batchers["image"] = Batcher(
                     f"{label}/image",
                     self._device_images.run,
@@ -152,12 +153,12 @@ class LoadedVersion:
                 )
             else:
                 self.batchers["image"] = Batcher(
-                    f"{label}/image", tower, config.batch, observer=observe("image")
+                    f"{label}/image", tower, batching, observer=observe("image")
                 )
         if manifest.text:
             self.text = TextTokenizer(manifest.text, folder / manifest.text.tokenizer)
             self.batchers["text"] = Batcher(
-                f"{label}/text", towers["text"].tower, config.batch, observer=observe("text")
+                f"{label}/text", towers["text"].tower, batching, observer=observe("text")
             )
         self.runtimes = towers
         self.providers = sorted({p for c in towers.values() for p in c.tower.providers})
