@@ -153,6 +153,15 @@ def test_the_deployment_config_is_accepted():
     assert got["host"] == "0.0.0.0"
 
 
+def test_the_readme_example_is_accepted(tmp_path: Path):
+    section = (ROOT / "README.md").read_text().split("### Config file", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "lens.toml").write_text(example)
+    got = printed("--config", str(tmp_path / "lens.toml"))
+    assert got["collections"] == str(tmp_path / "collections")
+    assert got["models"]["clip"]["max_batch_size"] == 64
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [
