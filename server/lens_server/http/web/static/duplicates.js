@@ -6,7 +6,7 @@ import { collectionPicker, el, guarded, thumbnail } from "./ui.js";
 
 export function render(main) {
   const picker = collectionPicker();
-  const threshold = el("input", { type: "number", id: "threshold", name: "threshold", step: "0.01", min: "-1", max: "1", value: "0.95" });
+  const threshold = el("input", { type: "number", id: "threshold", name: "threshold", step: "any", min: "-1", max: "1", value: "0.95" });
   const go = el("button", { type: "submit" }, "Find duplicates");
   const summary = el("p", { class: "summary", id: "dup-summary", "aria-live": "polite" });
   const groups = el("div", { class: "groups", id: "groups" });

@@ -1,0 +1,229 @@
+"""The web page in a real headless Chromium against a live server: each view does its job
+through the public HTTP API, and the API's refusals show as its messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, encode, photo
+from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS
+
+pytestmark = pytest.mark.slow
+WAIT = 30  # seconds for the page to show what a request brought, on a loaded machine
+
+
+def wait(driver: Any, condition: Any, timeout: float = WAIT) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def css(driver: Any, selector: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def all_css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def open_view(driver: Any, server: ServerProcess, view: str) -> None:
+    """The page loaded afresh at `view` (a new fragment alone would not reload it)."""
+    driver.get("about:blank")
+    driver.get(f"{server.http}/#{view}")
+    wait(driver, lambda d: css(d, "main").get_attribute("data-view") == view)
+
+
+def shown_error(driver: Any) -> str:
+    wait(driver, lambda d: css(d, "#error").is_displayed())
+    return css(driver, "#error").text
+
+
+def hits(driver: Any, count: int | None = None) -> list[tuple[str, float]]:
+    """(id, score) of the results shown, once (all their thumbnails) loaded."""
+
+    def ready(d: Any) -> bool:
+        shown = all_css(d, "#hits li")
+        loaded = d.execute_script(
+            "return [...document.querySelectorAll('#hits img')].every(i => i.naturalWidth > 0)"
+        )
+        return bool(shown) and (count is None or len(shown) == count) and loaded
+
+    wait(driver, ready)
+    return [
+        (li.get_attribute("data-id"), float(li.get_attribute("data-score")))
+        for li in all_css(driver, "#hits li")
+    ]
+
+
+def pick(driver: Any, collection: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    wait(
+        driver,
+        lambda d: (
+            collection in [o.get_attribute("value") for o in all_css(d, "#collection option")]
+        ),
+    )
+    Select(css(driver, "#collection")).select_by_value(collection)
+
+
+def search_text(driver: Any, text: str, k: int = 6) -> None:
+    box = css(driver, "#k")
+    box.clear()
+    box.send_keys(str(k))
+    query = css(driver, "#query")
+    query.clear()
+    query.send_keys(text)
+    css(driver, "#search-form button[type=submit]").click()
+
+
+def test_a_text_query_shows_thumbnails_in_score_order(browser, web_server, artefacts: Path):
+    open_view(browser, web_server, "search")
+    pick(browser, COLLECTION)
+    search_text(browser, "a photo of a cat", k=6)
+    shown = hits(browser, 6)
+    scores = [s for _, s in shown]
+    assert scores == sorted(scores, reverse=True)
+    assert {i for i, _ in shown} <= {*PHOTOS, DUPLICATE[1]}
+    first = css(browser, "#hits li img")
+    assert first.get_attribute("alt") == f"item {shown[0][0]}"
+    assert "hits for" in css(browser, "#summary").text
+    browser.save_screenshot(str(artefacts / "search.png"))
+
+
+def test_an_uploaded_image_finds_itself_first(browser, web_server, tmp_path: Path):
+    open_view(browser, web_server, "search")
+    pick(browser, COLLECTION)
+    upload = tmp_path / "coffee.jpg"
+    upload.write_bytes(encode(photo("coffee"), "JPEG"))
+    css(browser, "#image").send_keys(str(upload))
+    shown = hits(browser)
+    assert shown[0][0] == "coffee" and shown[0][1] > 0.99
+
+
+def test_more_like_this_searches_by_the_item(browser, web_server):
+    open_view(browser, web_server, "search")
+    pick(browser, COLLECTION)
+    search_text(browser, "a rocket", k=4)
+    hits(browser, 4)
+    css(browser, "button[aria-label='More like horse']").click() if all_css(
+        browser, "button[aria-label='More like horse']"
+    ) else all_css(browser, "#hits li button")[-1].click()
+    wait(browser, lambda d: "more like" in css(d, "#summary").text)
+    wanted = css(browser, "#summary").text.split("more like ")[1].split(" in ")[0]
+    shown = hits(browser)
+    assert shown[0] == (wanted, pytest.approx(1.0, abs=1e-4))
+
+
+def test_the_apis_refusals_show_as_its_messages(browser, web_server, tmp_path: Path):
+    with httpx.Client(base_url=web_server.http, timeout=30) as http:
+        assert http.post("/v1/collections", json={"name": "doomed"}).status_code == 201
+        open_view(browser, web_server, "search")
+        pick(browser, "doomed")
+        assert http.delete("/v1/collections/doomed").status_code == 200
+    search_text(browser, "anything")
+    assert "collection 'doomed' not found" in shown_error(browser)
+    pick(browser, COLLECTION)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"these bytes are no image")
+    css(browser, "#image").send_keys(str(broken))
+    wait(browser, lambda d: "could not be decoded" in css(d, "#error").text)
+    assert css(browser, "main h2").text == "Search"  # the page is still there
+
+
+def test_classify_shows_bars_per_image(browser, web_server, tmp_path: Path, artefacts: Path):
+    open_view(browser, web_server, "classify")
+    files = []
+    for name in ("chelsea", "rocket"):
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(encode(photo(name)))
+        files.append(str(path))
+    css(browser, "#classify-images").send_keys("\n".join(files))
+    css(browser, "#labels").send_keys("a cat, a rocket, a cup of coffee")
+    css(browser, "#classify-form button[type=submit]").click()
+    wait(browser, lambda d: len(all_css(d, "#classified section")) == 2)
+    for card in all_css(browser, "#classified section"):
+        bars = card.find_elements("css selector", "[role=meter]")
+        values = [float(b.get_attribute("aria-valuenow")) for b in bars]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert sum(values) == pytest.approx(100, abs=0.5)
+        assert card.get_attribute("data-top") == bars[0].get_attribute("aria-label")
+    css(browser, "#save-name").send_keys("webpets")
+    css(browser, "#save-name").find_element("xpath", "../following-sibling::button").click()
+    wait(browser, lambda d: "Saved classifier webpets" in css(d, "#saved").text)
+    browser.save_screenshot(str(artefacts / "classify.png"))
+
+
+def test_duplicates_show_the_planted_pair(browser, web_server, artefacts: Path):
+    open_view(browser, web_server, "duplicates")
+    pick(browser, COLLECTION)
+    threshold = css(browser, "#threshold")
+    threshold.clear()
+    threshold.send_keys("0.999")
+    css(browser, "#dup-form button[type=submit]").click()
+    wait(browser, lambda d: all_css(d, "#groups .group") or css(d, "#error").text)
+    assert not css(browser, "#error").text
+    groups = [
+        [f.get_attribute("data-id") for f in g.find_elements("css selector", "figure")]
+        for g in all_css(browser, "#groups .group")
+    ]
+    assert groups == [list(DUPLICATE)]
+    ticked = [
+        b.get_attribute("value") for b in all_css(browser, "input[name=extra]") if b.is_selected()
+    ]
+    assert ticked == [DUPLICATE[1]]  # the extra, not the first
+    browser.save_screenshot(str(artefacts / "duplicates.png"))
+
+
+def test_the_map_draws_every_point(browser, web_server, artefacts: Path):
+    open_view(browser, web_server, "map")
+    pick(browser, COLLECTION)
+    wait(browser, lambda d: css(d, "#map").get_attribute("data-points"))
+    assert int(css(browser, "#map").get_attribute("data-points")) == len(PHOTOS) + 1
+    assert int(css(browser, "#map").get_attribute("data-drawn")) == len(PHOTOS) + 1
+    legend = {s.text for s in all_css(browser, "#legend span")}
+    assert legend == set(PHOTOS.values())
+    painted = browser.execute_script(
+        "const c = document.getElementById('map');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;"
+    )
+    assert painted > 100
+    browser.save_screenshot(str(artefacts / "map.png"))
+
+
+def test_models_lists_the_versions_and_status_reads_the_counters(browser, web_server, artefacts):
+    open_view(browser, web_server, "models")
+    wait(browser, lambda d: all_css(d, "section[data-model=tiny] tbody tr"))
+    rows = {
+        r.get_attribute("data-version"): r.get_attribute("data-state")
+        for r in all_css(browser, "section[data-model=tiny] tbody tr")
+    }
+    assert rows["1"] == "serving" and rows["2"] in ("available", "ready")
+    assert all_css(browser, f"tr[data-collection={COLLECTION}]")
+    browser.save_screenshot(str(artefacts / "models.png"))
+    open_view(browser, web_server, "status")
+    wait(browser, lambda d: "requests answered" in css(d, "#status-summary").text)
+    assert len(all_css(browser, "#charts canvas")) == 5
+    browser.save_screenshot(str(artefacts / "status.png"))
+
+
+def test_a_phone_width_screen_has_no_sideways_scroll(browser, web_server, artefacts: Path):
+    browser.set_window_size(*PHONE)
+    for view in ("search", "classify", "models", "duplicates", "map", "status"):
+        open_view(browser, web_server, view)
+        wide = browser.execute_script("return document.documentElement.scrollWidth")
+        assert wide <= browser.execute_script("return window.innerWidth"), view
+    open_view(browser, web_server, "search")
+    pick(browser, COLLECTION)
+    search_text(browser, "a horse", k=4)
+    hits(browser, 4)
+    browser.save_screenshot(str(artefacts / "search-phone.png"))
