@@ -12,7 +12,8 @@ transport and modality on its own: the two servers take turns wave by wave (benc
 `throughput`), so a neighbour's load on a shared machine falls on both alike, and each ratio is
 the median of the "on" waves' speed against the "off" wave beside it. Requests are built
 before the clock starts; every response is decoded to a float32 matrix inside it. Prints the
-ratios beside the target (≥ 97% each) and writes JSON to bench/results/.
+ratios beside the target (≥ 97% each) and writes JSON to bench/results/ops_overhead.json,
+where each model keeps its latest run (--out: a file of this run alone).
 
     python bench/ops_overhead.py --repo models --model clip-vit-b-32
     python bench/ops_overhead.py --tiny                 # the tiny test model, small sizes (a test)
@@ -22,9 +23,11 @@ ratios beside the target (≥ 97% each) and writes JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import tempfile
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +194,18 @@ def main() -> None:
         if path.exists():
             report[f"hot_frames_{side}"] = hot_frames(path)
     _print(figures)
-    save(report, "ops_overhead", args.out or _default_out(args))
+    if args.out or args.tiny:
+        save(report, "ops_overhead", args.out)
+    else:
+        save_run(report, RESULTS / "ops_overhead.json")
 
 
-def _default_out(args: argparse.Namespace) -> Path | None:
-    """bench/results/ops_overhead.json for a full run; a dated file for --tiny."""
-    return None if args.tiny else RESULTS / "ops_overhead.json"
+def save_run(report: dict[str, Any], path: Path) -> None:
+    """Writes `report` into `path` under its model, beside the latest run of other models
+    (so one file holds the tiny model's and ViT-B-32's figures)."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
+    runs[report["model"]] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), **report}
+    save({"benchmark": "ops_overhead", "runs": runs}, "ops_overhead", path)
 
 
 def _print(figures: dict[str, float]) -> None:
