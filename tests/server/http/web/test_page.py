@@ -3,6 +3,7 @@ through the public HTTP API, and the API's refusals show as its messages."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, encode, photo
-from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS
+from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS, own_error
 
 pytestmark = pytest.mark.slow
 WAIT = 30  # seconds for the page to show what a request brought, on a loaded machine
@@ -227,3 +228,74 @@ def test_a_phone_width_screen_has_no_sideways_scroll(browser, web_server, artefa
     search_text(browser, "a horse", k=4)
     hits(browser, 4)
     browser.save_screenshot(str(artefacts / "search-phone.png"))
+
+
+def test_a_deploy_from_the_page_fails_no_request_of_a_client_meanwhile(browser, web_server):
+    """Last: it moves the server (and its collection) to version 2."""
+    failures: list[str] = []
+    answered = 0
+    done = threading.Event()
+
+    def client() -> None:
+        nonlocal answered
+        with httpx.Client(base_url=web_server.http, timeout=30) as http:
+            while not done.is_set():
+                answer = http.post("/v1/embed", json={"inputs": [{"text": "a cat"}]})
+                if answer.status_code != 200:
+                    failures.append(answer.text)
+                answered += 1
+
+    open_view(browser, web_server, "models")
+    deploy = "button[aria-label='Deploy tiny version 2']"
+    wait(browser, lambda d: all_css(d, deploy) and css(d, deploy).is_enabled())
+    running = threading.Thread(target=client)
+    running.start()
+    try:
+        css(browser, deploy).click()
+        wait(browser, lambda d: d.switch_to.alert).accept()
+        wait(browser, lambda d: "version 2 serving (was 1)" in css(d, "#deployed").text)
+        wait(browser, lambda d: row_state(d, "2") == "serving")
+    finally:
+        done.set()
+        running.join(30)
+    assert answered > 0 and not failures, failures[:3]
+    with httpx.Client(base_url=web_server.http, timeout=30) as http:
+        assert http.get("/v1/models/tiny").json()["serving_version"] == 2
+
+
+def row_state(driver: Any, version: str) -> str | None:
+    rows = all_css(driver, f"section[data-model=tiny] tr[data-version='{version}']")
+    return rows[0].get_attribute("data-state") if rows else None
+
+
+def test_an_api_key_is_asked_once_and_kept_for_the_tab(chromium, tiny_repo, tmp_path: Path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("page-key embed,write\n")
+    keyed = ServerProcess(tiny_repo, "--api-keys", str(keys))
+    try:
+        with httpx.Client(base_url=keyed.http, timeout=30) as http:
+            made = http.post(
+                "/v1/collections",
+                json={"name": "kept", "model": "tiny"},
+                headers={"Authorization": "Bearer page-key"},
+            )
+            assert made.status_code == 201, made.text
+        open_view(chromium, keyed, "search")
+        wait(chromium, lambda d: css(d, "#key-dialog").is_displayed())
+        assert "API key" in css(chromium, "#key-reason").text
+        css(chromium, "#key-input").send_keys("wrong-key")
+        css(chromium, "#key-form button[value=ok]").click()
+        wait(chromium, lambda d: css(d, "#key-dialog").is_displayed())  # asked again
+        css(chromium, "#key-input").clear()
+        css(chromium, "#key-input").send_keys("page-key")
+        css(chromium, "#key-form button[value=ok]").click()
+        pick(chromium, "kept")
+        open_view(chromium, keyed, "models")  # a new load of the page: the key is kept
+        wait(chromium, lambda d: all_css(d, "section[data-model=tiny] tbody tr"))
+        assert not css(chromium, "#key-dialog").is_displayed()
+        deploy = css(chromium, "button[aria-label='Roll back tiny']")
+        assert not deploy.is_enabled()  # no version to roll back to
+        assert not [e for e in chromium.get_log("browser") if own_error(e)]
+    finally:
+        chromium.execute_script("sessionStorage.clear()")
+        keyed.stop()
