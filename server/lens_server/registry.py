@@ -107,6 +107,11 @@ class Registry:
                 f"{available('models', models)}"
             )
         self.default_model = wanted or (models[0] if len(models) == 1 else None)
+        for name, _ in self.config.model_batch:  # kept: the model may be added later
+            if name not in models:
+                log.warning(
+                    "batching is given for model %r, which is not in %s (yet)", name, self.repo.root
+                )
         for name in models:  # one at a time: loading several large models at once spikes memory
             await self._load_model(name)
             for version in sorted((pinned or {}).get(name, set())):

@@ -203,9 +203,13 @@ def test_a_missing_file_stops_start_up(tmp_path: Path):
 @pytest.mark.slow
 def test_a_model_batches_as_its_table_says(tiny_repo: Path, tmp_path: Path):
     config = tmp_path / "lens.toml"
-    config.write_text("max_batch_size = 8\n\n[models.tiny]\nmax_batch_size = 2\n")
+    config.write_text(
+        "max_batch_size = 8\n\n[models.tiny]\nmax_batch_size = 2\n\n[models.later]\ninstances = 2\n"
+    )
     server = ServerProcess(tiny_repo, "--config", str(config))
     try:
+        said = "batching is given for model 'later', which is not in"
+        assert any(said in line for line in server.log), "".join(server.log)
         assert server.http
         texts = [f"a photo of thing {i}" for i in range(6)]
         response = httpx.post(f"{server.http}/v1/embeddings", json={"input": texts}, timeout=60)
