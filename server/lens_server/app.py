@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -31,6 +30,7 @@ from lens_server.core import Core
 from lens_server.deploy import Deployments
 from lens_server.http import HttpServer, build_app
 from lens_server.http.fetch import FetchConfig
+from lens_server.lifecycle import LOADING, Lifecycle
 from lens_server.metrics import Metrics, watch
 from lens_server.registry import Registry, State
 from lens_server.repository import Repository
@@ -40,6 +40,8 @@ from lens_server.services.classify import ClassifiersServicer
 from lens_server.services.index import IndexServicer
 from lens_server.services.inference import InferenceServicer
 from lens_server.services.models import ModelsServicer
+from lens_server.services.starting import StartingInterceptor
+from lens_server.shutdown import Signals
 from lens_server.tls import ServerTls, load_tls
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ SERVICES = (
 
 
 class LensServer:
-    """The gRPC and HTTP servers and everything they serve; `start`, then `wait` or `stop`."""
+    """The gRPC and HTTP servers and everything they serve; `start` (`listen`, then `load`),
+    then `wait`, and `drain` or `stop`."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -63,7 +66,9 @@ class LensServer:
         self._http: HttpServer | None = None
         self.metrics_port = 0
         self._metrics_http: HttpServer | None = None
-        self._stopping = False
+        # Loading, serving or draining: readiness, and what calls are refused while loading.
+        self.lifecycle = Lifecycle()
+        self._served: tuple[str, ...] = ()  # the services health reports, '' first
         # Read and checked before anything else, so that bad files stop start-up at once.
         self.tls: ServerTls | None = load_tls(config.tls) if config.tls else None
         self._decode_pool = ThreadPoolExecutor(
@@ -92,7 +97,11 @@ class LensServer:
         size = config.limits.max_message_bytes
         self._server = grpc.aio.server(
             # Calls first: it refuses undecodable requests before anything reads them.
-            interceptors=[Calls(self.metrics), AccessInterceptor(self.gate)],
+            interceptors=[
+                Calls(self.metrics),
+                StartingInterceptor(self.lifecycle),
+                AccessInterceptor(self.gate),
+            ],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
@@ -100,13 +109,15 @@ class LensServer:
         )
 
     async def start(self) -> int:
-        """Opens the collections, loads the models they and requests need, resumes unfinished
-        re-indexes, then listens; returns the port (useful with port 0)."""
-        await asyncio.to_thread(self.collections.open_all)
-        await self.registry.start(self.deployments.pinned())
-        self.deployments.resume()
-        if self.config.poll_s:
-            self._watcher = asyncio.get_running_loop().create_task(self.registry.watch())
+        """`listen`, then `load`; returns the gRPC port (useful with port 0)."""
+        port = await self.listen()
+        await self.load()
+        return port
+
+    async def listen(self) -> int:
+        """Opens the ports before anything loads, with health NOT_SERVING and readiness 503
+        ("loading models"), liveness true, and every call that is not open refused with
+        UNAVAILABLE until `load` is done (`lens_server.lifecycle`); returns the gRPC port."""
         server, core = self._server, self.core
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceServicer(core, self.config), server
@@ -146,6 +157,7 @@ class LensServer:
                 compat=self.config.compat,
                 aliases=dict(self.config.aliases),
                 weaviate_model=self.config.weaviate_model,
+                lifecycle=self.lifecycle,
             )
             self._http = HttpServer(
                 app, self.config.host, self.config.http_port, self.config.grace_s, self.tls
@@ -160,9 +172,22 @@ class LensServer:
                 self.tls,
             )
             self.metrics_port = await self._metrics_http.start()
-        for service in ("", *served):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._served = ("", *served)
+        for service in self._served:
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         return self.port
+
+    async def load(self) -> None:
+        """Opens the collections, loads the models they and requests need, resumes unfinished
+        re-indexes; then calls are taken and health turns SERVING (unless draining already)."""
+        await asyncio.to_thread(self.collections.open_all)
+        await self.registry.start(self.deployments.pinned())
+        self.deployments.resume()
+        if self.config.poll_s:
+            self._watcher = asyncio.get_running_loop().create_task(self.registry.watch())
+        self.lifecycle.loaded = True
+        for service in self._served:  # ignored once draining: health stays NOT_SERVING
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def _add_kserve(self) -> str:
         """KServe v2's GRPCInferenceService beside lens.v1; returns its full name."""
@@ -176,8 +201,8 @@ class LensServer:
     def readiness(self) -> str:
         """'' once the default model and every version a collection is pinned to serve or
         are loaded; else why not."""
-        if self._stopping:
-            return "shutting down"
+        if reason := self.lifecycle.reason():
+            return reason
         registry = self.registry
         wanted: dict[str, set[int]] = (
             {registry.default_model: set()} if registry.default_model else {}
@@ -193,10 +218,24 @@ class LensServer:
     async def wait(self) -> None:
         await self._server.wait_for_termination()
 
+    async def drain(self) -> None:
+        """What a SIGTERM starts: health NOT_SERVING and readiness 503 at once, while the
+        ports go on taking calls for `drain_delay_s` (so a load balancer sees the server
+        leave before it refuses anyone); then `stop`."""
+        await self._leave()
+        if self.config.drain_delay_s:
+            await asyncio.sleep(self.config.drain_delay_s)
+        await self.stop()
+
+    async def _leave(self) -> None:
+        if not self.lifecycle.draining:
+            self.lifecycle.draining = True
+            await self._health.enter_graceful_shutdown()  # every service NOT_SERVING
+
     async def stop(self) -> None:
-        """Stops taking calls, lets those in flight finish (up to `grace_s`), unloads."""
-        self._stopping = True
-        await self._health.enter_graceful_shutdown()
+        """Stops taking connections and calls, lets those in flight and open streams finish
+        (up to `grace_s`, then cancels them), snapshots the collections, unloads."""
+        await self._leave()
         # Both front doors drain at once, each within grace_s.
         http = [s.stop() for s in (self._http, self._metrics_http) if s]
         await asyncio.gather(self._server.stop(self.config.grace_s), *http)
@@ -209,9 +248,16 @@ class LensServer:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
+    """Runs a server until SIGINT or SIGTERM, then drains it (`LensServer.drain`); a second
+    signal exits at once (`lens_server.shutdown`). The ports open before the models load."""
     server = LensServer(config)
-    port = await server.start()
+    signals = Signals(asyncio.get_running_loop())
+    port = await server.listen()
+    print(f"lens listening on {config.host}:{port}, {LOADING}: not ready until done", flush=True)
+    await _load(server, signals)
+    if signals.received.is_set():  # during start-up: no load balancer has seen it ready
+        await server.stop()
+        return
     models = server.registry.repo.models()
     if server.registry.default_model:
         print(f"default model: {describe_default(server.registry)}", flush=True)
@@ -232,15 +278,40 @@ async def serve(config: ServerConfig) -> None:
         f"(default model: {server.registry.default_model or 'none'})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(server.wait())
-    await asyncio.wait([waiter, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-    log.info("shutting down")
-    await server.stop()
+    received = asyncio.create_task(signals.received.wait())
+    await asyncio.wait([waiter, received], return_when="FIRST_COMPLETED")
+    print(
+        f"lens: {signals.name or 'stopped'}: draining: health NOT_SERVING now, ports close in "
+        f"{config.drain_delay_s:g} s, calls in flight get up to {config.grace_s:g} s more; "
+        "a second signal exits at once",
+        flush=True,
+    )
+    await server.drain()
+    # Only now: cancelling the wait for termination earlier would cancel the shutdown itself.
     waiter.cancel()
+    received.cancel()
+    print("lens: drained, collections snapshotted; exiting", flush=True)
+
+
+async def _load(server: LensServer, signals: Signals) -> None:
+    """`server.load()`; a signal meanwhile stops the server once loading is done (models
+    load in threads that cannot be interrupted), a second one exits at once."""
+    loading = asyncio.create_task(server.load())
+    received = asyncio.create_task(signals.received.wait())
+    await asyncio.wait([loading, received], return_when="FIRST_COMPLETED")
+    received.cancel()
+    if not loading.done():
+        print(
+            f"lens: {signals.name} while loading: stopping once loading is done; a second "
+            "signal exits at once",
+            flush=True,
+        )
+    try:
+        await loading
+    except BaseException:
+        await server.stop()
+        raise
 
 
 def describe_default(registry: Registry) -> str:

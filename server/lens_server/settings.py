@@ -29,6 +29,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,15 @@ def load(ctx: typer.Context, path: Path) -> None:
     ValueError, naming the file and the line or key, for a file that cannot be used.
     """
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as e:
         raise ValueError(f"cannot read the config file {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML: {e}") from None
+    at = partial(_at, path, text)
     options = file_options(ctx)
     hints = _hints(ctx.command.callback)
     base = path.absolute().parent
@@ -83,7 +86,8 @@ def load(ctx: typer.Context, path: Path) -> None:
         if key == MODELS:
             continue
         if key not in options:
-            raise ValueError(f"{path}: {_unknown(key, value, options)}")
+            where = at(f"[{key}]") if isinstance(value, dict) else at(key)
+            raise ValueError(f"{where}: {_unknown(key, value, options)}")
         annotation = hints.get(key)
         if (
             key in COMMA_LISTS
@@ -93,28 +97,27 @@ def load(ctx: typer.Context, path: Path) -> None:
             value = ",".join(value)
         if annotation is not None and not _fits(annotation, value):
             raise ValueError(
-                f"{path}: {key} must be {_describe(annotation)}, not {_toml_type(value)}"
+                f"{at(key)}: {key} must be {_describe(annotation)}, not {_toml_type(value)}"
             )
         if annotation is not None and _is_path(annotation):
             value = _relative_to(base, value)
         try:
             values[key] = options[key].process_value(ctx, value)
         except typer.BadParameter as e:
-            raise ValueError(f"{path}: {key}: {e.message}") from None
+            raise ValueError(f"{at(key)}: {key}: {e.message}") from None
     ctx.default_map = {**(ctx.default_map or {}), **values}
-    ctx.meta[_META] = (path, _model_tables(path, data.get(MODELS, {})))
+    ctx.meta[_META] = _model_tables(at, data.get(MODELS, {}))
 
 
 def model_batch(ctx: typer.Context, batch: BatchConfig) -> tuple[tuple[str, BatchConfig], ...]:
     """ServerConfig.model_batch from the file's `[models.NAME]` tables: each over `batch`.
     ValueError naming the table for batching that BatchConfig refuses."""
-    path, tables = ctx.meta.get(_META, (None, {}))
     configs = []
-    for name, table in tables.items():
+    for name, (where, table) in ctx.meta.get(_META, {}).items():
         try:
             configs.append((name, replace(batch, **table)))
         except ValueError as e:
-            raise ValueError(f"{path}: [{MODELS}.{_key(name)}]: {e}") from None
+            raise ValueError(f"{where}: [{MODELS}.{_key(name)}]: {e}") from None
     return tuple(configs)
 
 
@@ -144,11 +147,12 @@ def render(ctx: typer.Context, config: ServerConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _model_tables(path: Path, models: object) -> dict[str, dict[str, Any]]:
-    """The `[models.NAME]` tables, checked: BatchConfig's fields only, each of its type."""
+def _model_tables(at: Callable[..., str], models: object) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The `[models.NAME]` tables, checked (BatchConfig's fields only, each of its type), by
+    name: where each is in the file, and its keys."""
     if not isinstance(models, dict):
         raise ValueError(
-            f"{path}: {MODELS} must be tables [{MODELS}.NAME], not {_toml_type(models)}"
+            f"{at(MODELS)}: {MODELS} must be tables [{MODELS}.NAME], not {_toml_type(models)}"
         )
     hints = typing.get_type_hints(BatchConfig)
     known = [f.name for f in fields(BatchConfig)]
@@ -156,20 +160,39 @@ def _model_tables(path: Path, models: object) -> dict[str, dict[str, Any]]:
     for name, table in models.items():
         where = f"[{MODELS}.{_key(name)}]"
         if not isinstance(table, dict):
-            raise ValueError(f"{path}: {MODELS}.{_key(name)} must be a table {where}")
+            raise ValueError(f"{at(MODELS)}: {MODELS}.{_key(name)} must be a table {where}")
         for key, value in table.items():
             if key not in known:
                 raise ValueError(
-                    f"{path}: unknown key {key!r} in {where}{_close(key, known)} "
+                    f"{at(key, where)}: unknown key {key!r} in {where}{_close(key, known)} "
                     f"(keys: {', '.join(known)})"
                 )
             if not _fits(hints[key], value):
                 raise ValueError(
-                    f"{path}: {where} {key} must be {_describe(hints[key])}, "
+                    f"{at(key, where)}: {where} {key} must be {_describe(hints[key])}, "
                     f"not {_toml_type(value)}"
                 )
-        tables[name] = table
+        tables[name] = at(where), table
     return tables
+
+
+_HEADER = re.compile(r"\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+
+
+def _at(path: Path, text: str, key: str, table: str | None = None) -> str:
+    """`path:LINE` of the line that sets `key` (in `table`, e.g. "[models.clip]", or else at
+    the top level), or of the header `key` when it is one ("[tls]"); `path` where no line is
+    found (a dotted or inline key)."""
+    header = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if match := _HEADER.match(stripped):
+            header = "[" + re.sub(r"\s*\.\s*", ".", match.group(1)) + "]"
+            if header == key:
+                return f"{path}:{number}"
+        elif header == table and re.match(rf"""(["']?){re.escape(key)}\1\s*=""", stripped):
+            return f"{path}:{number}"
+    return str(path)
 
 
 def _unknown(key: str, value: object, options: Iterable[str]) -> str:

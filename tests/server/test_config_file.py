@@ -165,21 +165,24 @@ def test_the_readme_example_is_accepted(tmp_path: Path):
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("htp_port = 1\n", "lens.toml: unknown key 'htp_port' (did you mean 'http_port'?)"),
-        ('[tls]\ncert = "a.pem"\n', "lens.toml: unknown table [tls]"),
+        (
+            "port = 1\nhtp_port = 1\n",
+            "lens.toml:2: unknown key 'htp_port' (did you mean 'http_port'?)",
+        ),
+        ('[tls]\ncert = "a.pem"\n', "lens.toml:1: unknown table [tls]"),
         ("port = 1\nhost = = 2\n", "lens.toml: not valid TOML: Invalid value (at line 2,"),
-        ('port = "50051"\n', "lens.toml: port must be an integer, not a string"),
-        ("no_http = 1\n", "lens.toml: no_http must be true or false, not an integer (1)"),
-        ('alias = "a=b"\n', "lens.toml: alias must be an array of strings, not a string"),
-        ("[models.tiny]\nmax_batch = 3\n", "unknown key 'max_batch' in [models.tiny]"),
+        ('port = "50051"\n', "lens.toml:1: port must be an integer, not a string"),
+        ("no_http = 1\n", "lens.toml:1: no_http must be true or false, not an integer (1)"),
+        ('alias = "a=b"\n', "lens.toml:1: alias must be an array of strings, not a string"),
+        ("[models.tiny]\nmax_batch = 3\n", "lens.toml:2: unknown key 'max_batch' in [models.tiny]"),
         (
             '[models.tiny]\nmax_batch_size = "3"\n',
-            "lens.toml: [models.tiny] max_batch_size must be an integer, not a string",
+            "lens.toml:2: [models.tiny] max_batch_size must be an integer, not a string",
         ),
-        ("models = 3\n", "lens.toml: models must be tables [models.NAME]"),
+        ("models = 3\n", "lens.toml:1: models must be tables [models.NAME]"),
         (
             "[models.tiny]\nmax_batch_size = 64\nmax_queue_size = 8\n",
-            "lens.toml: [models.tiny]: max_queue_size (8) must be >= max_batch_size (64)",
+            "lens.toml:1: [models.tiny]: max_queue_size (8) must be >= max_batch_size (64)",
         ),
         ('compat = ["kserve", "nope"]\n', "compat: unknown API nope"),
     ],

@@ -28,6 +28,8 @@ from lens_server.http.access import Admit, Authenticate
 from lens_server.http.fetch import FetchConfig, Fetcher
 from lens_server.http.guard import ASGIApp, Guard
 from lens_server.http.health import Readiness
+from lens_server.http.starting import Starting
+from lens_server.lifecycle import Lifecycle
 from lens_server.metrics import Metrics
 
 
@@ -42,6 +44,7 @@ def build_app(
     compat: tuple[str, ...] = ("kserve",),
     aliases: Mapping[str, str] | None = None,
     weaviate_model: str = "",
+    lifecycle: Lifecycle | None = None,
 ) -> ASGIApp:
     """The HTTP API over `core`; `readiness()` says why the server is not serving ('' when
     it is). With a `gate`, a request's key is checked before the guard reads its body, and
@@ -49,7 +52,8 @@ def build_app(
     that (`metering`), and `expose_metrics` serves them at GET /metrics. Other apps' APIs
     are served where `compat` names them: KServe v2's (`lens_server.http.kserve`), and
     (`lens_server.http.compat`) Immich's with its model names mapped through `aliases`,
-    Weaviate's through `weaviate_model`."""
+    Weaviate's through `weaviate_model`. With a `lifecycle`, routes that are not open answer
+    503 while the server loads its models (`lens_server.http.starting`)."""
     app = FastAPI(
         title="lens",
         summary="Image and text embeddings, zero-shot classification and vector search.",
@@ -73,4 +77,6 @@ def build_app(
         if gate is None
         else Authenticate(Guard(Admit(app, gate), max_body_bytes), gate)
     )
+    if lifecycle is not None:
+        guarded = Starting(guarded, lifecycle)
     return guarded if metrics is None else metering.Metered(guarded, metrics, app.routes)
