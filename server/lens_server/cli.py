@@ -39,9 +39,9 @@ def serve(
             envvar="LENS_CONFIG",
             is_eager=True,
             callback=_read_config,
-            help="TOML file of these options, keys in snake_case (http_port = 8080), and "
-            "[models.NAME] tables of batching per model; flags and LENS_<OPTION> variables "
-            "override it.",
+            help="TOML file of these options, keys in snake_case (http_port = 8080; paths "
+            "from the file's folder), and batching per model in tables models.NAME; flags and "
+            "LENS_<OPTION> variables override it.",
         ),
     ] = None,
     print_config: Annotated[
