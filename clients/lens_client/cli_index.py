@@ -32,13 +32,22 @@ def index_create(
     index_type: Annotated[str, typer.Option("--type", help="auto, flat, hnsw or ivf-pq.")] = "auto",
     metric: Annotated[str, typer.Option(help="cosine, inner_product or l2.")] = "cosine",
     dim: Annotated[int, typer.Option(help="Vectors only: their length (no model).")] = 0,
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="How the index holds vectors: float32, float16, int8, or binary (sign bits, "
+            "flat only, rescored exactly from the stored vectors)."
+        ),
+    ] = "float32",
     server: Server = codec.DEFAULT_SERVER,
     api_key: ApiKey = None,
 ) -> None:
     """Create a collection pinned to a model version (or of raw vectors with --dim)."""
     with connect(server, api_key=api_key) as client:
         print_json(
-            client.create_collection(name, model=model, index=index_type, metric=metric, dim=dim)
+            client.create_collection(
+                name, model=model, index=index_type, metric=metric, dim=dim, storage=storage
+            )
         )
 
 

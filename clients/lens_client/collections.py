@@ -238,6 +238,8 @@ def collection_dict(info: index_pb2.CollectionInfo) -> dict[str, Any]:
         "metric": metric,
         "index": info.index.type,
         "built": info.built_type,
+        "storage": info.index.storage or "float32",
+        "built_storage": info.built_storage,
         "count": info.count,
         "memory_bytes": info.memory_bytes,
         "seq": info.seq,

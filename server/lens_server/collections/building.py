@@ -14,15 +14,20 @@ _BATCH = 65_536
 
 
 def build(store: ItemStore, spec: CollectionSpec, kind: str) -> VectorIndex:
-    """A new index of `kind` holding every item of `store` (blocking; IVF-PQ trains on a
-    sample of the items, and is flat while there are too few to train on)."""
+    """A new index of `kind` holding every item of `store` (blocking). IVF-PQ trains on a
+    sample of the items, and is flat while there are too few to train on; int8 storage
+    trains its ranges likewise, and is float32 until there are enough."""
     count = store.count()
     if kind == "ivf-pq" and count < spec.index.min_train(count):
         kind = "flat"  # not enough vectors to train yet: exact until there are
+    storage = spec.index.stored_as(count)
     train = np.empty((0, spec.dim), np.float32)
     if kind == "ivf-pq":
         train = _sample(store, max(spec.index.min_train(count), 100_000))
-    index = VectorIndex.build(kind, spec.dim, spec.metric, spec.index, train)
+    elif storage == "int8":
+        train = _sample(store, 100_000)
+    index = VectorIndex.build(kind, spec.dim, spec.metric, spec.index, train, storage=storage)
+    index.vectors_of = store.vectors
     for rows, vectors in store.scan():
         index.add(rows, vectors)
     return index
@@ -51,13 +56,14 @@ def replay(store: ItemStore, index: VectorIndex, after: int, present: set[int]) 
 
 def outgrown(config: IndexConfig, index: VectorIndex, max_tombstones: float) -> str | None:
     """The kind of index to rebuild `index` as, or None while it fits: `auto` outgrew its
-    type, IVF-PQ has enough vectors to train (or outgrew its lists), or HNSW holds more than
-    `max_tombstones` of its vectors as tombstones."""
+    type, IVF-PQ has enough vectors to train (or outgrew its lists), int8 storage has enough
+    to train its ranges, the index stores vectors otherwise than configured (after a
+    re-index), or HNSW holds more than `max_tombstones` of its vectors as tombstones."""
     live = index.live
     target = config.target(live)
     if target == "ivf-pq" and live < config.min_train(live):
         target = "flat"  # exact until there is enough to train on
-    wants = target != index.kind
+    wants = target != index.kind or config.stored_as(live) != index.storage
     if index.kind == "hnsw":
         wants |= len(index.tombstones) > max_tombstones * max(index.ntotal, 1)
     if index.kind == "ivf-pq" and not config.ivf_nlist:

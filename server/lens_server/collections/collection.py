@@ -92,7 +92,8 @@ class Collection:
         data = self._snapshots.newest()
         if data is None:
             return building.build(self.store, self.spec, self.spec.index.target(self.store.count()))
-        index = VectorIndex.load(data, self.spec.index)
+        index = VectorIndex.load(data, self.spec.index, metric=self.spec.metric)
+        index.vectors_of = self.store.vectors
         seq = self._snapshots.seq
         index.tombstones = building.replay(self.store, index, seq, set(index.rows().tolist()))
         log.info(
@@ -365,9 +366,7 @@ class Collection:
             with self._read:
                 if vectors.shape[1] != self.spec.dim:
                     raise VersionChanged(f"collection {self.spec.name} swapped versions meanwhile")
-                limits, scores, hits = self.index.index.range_search(
-                    np.ascontiguousarray(vectors), threshold
-                )
+                limits, scores, hits = self.index.range_search(vectors, threshold)
             for i, row in enumerate(rows.tolist()):
                 for s, other in zip(
                     scores[limits[i] : limits[i + 1]], hits[limits[i] : limits[i + 1]], strict=True
@@ -382,9 +381,11 @@ class Collection:
     def describe(self) -> dict[str, Any]:
         with self._read:
             kind, memory = self.index.kind, self.index.memory_bytes()
+            storage = self.index.storage
         return {
             "count": self.store.count(),
             "built_type": kind,
+            "built_storage": storage,
             "memory_bytes": memory,
             "snapshot_seq": self._snapshots.seq,
             "snapshot_time": self._snapshots.time,

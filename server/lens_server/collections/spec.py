@@ -32,6 +32,8 @@ class CollectionSpec:
             raise InvalidInput(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if self.dim < 1:
             raise InvalidInput(f"dim must be >= 1, got {self.dim}")
+        if self.index.storage == "binary" and self.dim % 8:
+            raise InvalidInput(f"binary storage needs a dim divisible by 8, got {self.dim}")
 
     def save(self, folder: Path) -> None:
         tmp = folder / (SPEC + ".tmp")

@@ -87,6 +87,7 @@ class CollectionInfo:
     spec: CollectionSpec
     count: int
     built_type: str
+    built_storage: str
     memory_bytes: int
     snapshot_seq: int
     snapshot_time: float

@@ -40,6 +40,11 @@ class IndexSpec(BaseModel):
     ivf_nprobe: int = 0
     pq_m: int = Field(default=0, description="0: from the dimension.")
     pq_nbits: int = 0
+    storage: Literal["float32", "float16", "int8", "binary"] = Field(
+        default="float32",
+        description="float16 or int8 (scalar quantized), or binary (sign bits, flat only, "
+        "rescored exactly): less memory per vector.",
+    )
 
 
 class CreateCollectionRequest(BaseModel):
@@ -71,6 +76,7 @@ class CollectionOut(BaseModel):
     index: IndexSpec
     count: int
     built_type: str
+    built_storage: str
     memory_bytes: int
     snapshot_seq: int
     snapshot_time: float
@@ -143,6 +149,7 @@ def _collection(info: CollectionInfo) -> CollectionOut:
         index=IndexSpec(**{f: getattr(spec.index, f) for f in IndexSpec.model_fields}),
         count=info.count,
         built_type=info.built_type,
+        built_storage=info.built_storage,
         memory_bytes=info.memory_bytes,
         snapshot_seq=info.snapshot_seq,
         snapshot_time=info.snapshot_time,

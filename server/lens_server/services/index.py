@@ -31,6 +31,7 @@ SPEC_FIELDS = (
     "ivf_nprobe",
     "pq_m",
     "pq_nbits",
+    "storage",
 )
 
 
@@ -198,6 +199,7 @@ def _info(info: CollectionInfo) -> index_pb2.CollectionInfo:
         else None,
         count=info.count,
         built_type=info.built_type,
+        built_storage=info.built_storage,
         memory_bytes=info.memory_bytes,
         snapshot_seq=info.snapshot_seq,
         snapshot_time=info.snapshot_time,
