@@ -217,9 +217,11 @@ GateOption = Annotated[
 ]
 
 
-def _quantize(scheme: str, calibration: Path | None, gate: float | None) -> Quantize | None:
+def _quantize(
+    scheme: str, calibration: Path | None, gate: float | None, towers: tuple[str, ...]
+) -> Quantize | None:
     """The quantization asked for, checked before any model is built (exit 2 naming the bad
-    value)."""
+    value): a calibration folder must hold inputs for each of `towers`."""
     if not scheme:
         if calibration is not None or gate is not None:
             fail("--calibration and --parity-gate need --quantize", 2)
@@ -229,6 +231,9 @@ def _quantize(scheme: str, calibration: Path | None, gate: float | None) -> Quan
 
     try:
         chosen = sets.folder(calibration) if calibration is not None else None
+        if chosen is not None:
+            for tower in towers:
+                chosen.need(tower)
         return Quantize(scheme, chosen, gate)
     except ValueError as e:
         fail(str(e), 2)
@@ -244,7 +249,8 @@ def export_command(
 ) -> None:
     """Export a trained run as the next version of NAME (parity-checked; int8 with
     --quantize)."""
-    _export(run, name, repo, _quantize(quantize, calibration, parity_gate))
+    # a CLIP run's text tower is checked once the run is read
+    _export(run, name, repo, _quantize(quantize, calibration, parity_gate, ("image",)))
 
 
 def _export(run: Path, name: str, repo: Path, quantize: Quantize | None = None) -> None:
@@ -281,7 +287,7 @@ def import_openclip(
     parity_gate: GateOption = None,
 ) -> None:
     """Import an open_clip model: export both towers to ONNX, check parity, add a version."""
-    scheme = _quantize(quantize, calibration, parity_gate)
+    scheme = _quantize(quantize, calibration, parity_gate, ("image", "text"))
     _import(
         repo,
         name,
@@ -307,7 +313,7 @@ def import_hf(
     """Import a transformers CLIPModel folder: export, check parity, add a version."""
     if not folder.is_dir():
         fail(f"{folder}: no such folder", 2)
-    scheme = _quantize(quantize, calibration, parity_gate)
+    scheme = _quantize(quantize, calibration, parity_gate, ("image", "text"))
     _import(repo, name, if_missing, "hf", folder=folder, quantize=scheme)
 
 
