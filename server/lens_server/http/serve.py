@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from lens_server.http.guard import ASGIApp
-from lens_server.tls import ServerTls
+
+if TYPE_CHECKING:  # the HTTP front door needs only its uvicorn options, and no grpc
+    from lens_server.tls import ServerTls
 
 
 class HttpServer:
