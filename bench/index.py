@@ -1,7 +1,9 @@
 """Collections: FAISS index types as lens builds them, on clustered synthetic vectors.
 
-For each index type (flat, hnsw, ivf-pq with lens's defaults): add throughput, search QPS and
-latency at k=10 for batches of 1 and 256, recall@10 against exact search, and memory. Also
+For each index type (flat, hnsw, ivf-pq with lens's defaults), and for flat indexes storing
+float16, int8 or binary (`--storages`): add throughput, search QPS and latency at k=10 for
+batches of 1 and 256, recall@10 against exact float32 search, and memory. (Binary rescores
+its candidates from float32 vectors held in memory here; a collection reads them from SQLite.) Also
 the durable write rate of a whole collection (SQLite WAL + FAISS) for upserts of 1,000.
 `--device` adds exact search on a device (`server.collections.gpu_search.DeviceFlat`: one
 matrix product + top-k, fp16 on CUDA; and faiss-gpu through `VectorIndex` where this faiss has
@@ -53,13 +55,25 @@ def rss_mb() -> float:
 
 
 def measure(
-    kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray | None, single: int
+    kind: str,
+    data: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray | None,
+    single: int,
+    storage: str = "float32",
 ) -> tuple[dict, np.ndarray]:
-    config = IndexConfig(type=kind)
+    config = IndexConfig(type=kind, storage=storage)
     rows = np.arange(1, len(data) + 1, dtype=np.int64)
     start = time.perf_counter()
-    train = data[: max(config.min_train(len(data)), 100_000)] if kind == "ivf-pq" else data[:0]
-    index = VectorIndex.build(kind, data.shape[1], "cosine", config, train)
+    train = data[:0]
+    if kind == "ivf-pq":
+        train = data[: max(config.min_train(len(data)), 100_000)]
+    elif storage == "int8":
+        train = data[:100_000]
+    index = VectorIndex.build(kind, data.shape[1], "cosine", config, train, storage=storage)
+    # A binary index rescores its candidates from the float32 vectors, which a collection
+    # reads from SQLite; here they come from memory (rows are 1-based).
+    index.vectors_of = lambda wanted: (np.asarray(wanted), data[np.asarray(wanted, int) - 1])
     trained = time.perf_counter() - start
     start = time.perf_counter()
     for s in range(0, len(data), 50_000):
@@ -194,6 +208,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1024)
     parser.add_argument("--single", type=int, default=200, help="batch-1 queries timed")
     parser.add_argument("--types", default="flat,hnsw,ivf-pq")
+    parser.add_argument(
+        "--storages",
+        default="float16,int8,binary",
+        help="compact storages measured as flat indexes beside float32 ('' for none)",
+    )
     parser.add_argument("--durable", type=int, default=100_000, help="items upserted durably")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -219,12 +238,15 @@ def main() -> None:
         truth = VectorIndex.build("flat", args.dim, "cosine", IndexConfig(), data[:0])
         truth.add(np.arange(1, args.n + 1), data)
         truth = truth.search(queries, 10)[1]
-    for kind in kinds:
-        results[kind], found = measure(kind, data, queries, truth, args.single)
+    runs = [(kind, "float32") for kind in kinds]
+    runs += [("flat", storage) for storage in args.storages.split(",") if storage]
+    for kind, storage in runs:
+        name = kind if storage == "float32" else f"{kind}-{storage}"
+        results[name], found = measure(kind, data, queries, truth, args.single, storage)
         truth = found if truth is None else truth
-        r = results[kind]
+        r = results[name]
         print(
-            f"{kind:7} add {r['add_per_s']:>10,.0f}/s  batch256 {r['search_qps_batch256']:>9,.0f} "
+            f"{name:12} add {r['add_per_s']:>10,.0f}/s  batch256 {r['search_qps_batch256']:>9,.0f} "
             f"q/s  batch1 p50 {r['p50_ms_batch1']:7.2f} ms p99 {r['p99_ms_batch1']:7.2f} ms  "
             f"recall@10 {r['recall_at_10']:.3f}  memory {r['memory_mb']:,.0f} MB",
             flush=True,

@@ -233,7 +233,9 @@ class VectorIndex:
     @property
     def nlist(self) -> int:
         """IVF lists (0 for other kinds)."""
-        return int(getattr(faiss.downcast_index(self.index.index), "nlist", 0))
+        if self.kind != "ivf-pq":
+            return 0
+        return int(faiss.downcast_index(self.index.index).nlist)
 
     def rows(self) -> np.ndarray:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
@@ -302,21 +304,32 @@ class VectorIndex:
         _, candidates = self.index.search(
             self._codes(queries), wanted, params=self._params(allowed)
         )
-        unique = np.unique(candidates[candidates >= 0])
-        rows, vectors = self.vectors_of(unique.tolist())
-        at = {int(r): i for i, r in enumerate(rows.tolist())}
-        l2 = self.l2
-        scores = np.full((len(queries), k), np.inf if l2 else -np.inf, np.float32)
+        present, vectors = self.vectors_of(np.unique(candidates[candidates >= 0]).tolist())
+        order = np.argsort(present)
+        present, vectors = np.asarray(present, np.int64)[order], vectors[order]
+        at = np.clip(np.searchsorted(present, candidates), 0, max(len(present) - 1, 0))
+        valid = candidates >= 0
+        if len(present):
+            valid &= present[at] == candidates
+        else:
+            valid[:] = False
+        worst = np.finfo(np.float32).max * (1 if self.l2 else -1)
+        scores = np.full((len(queries), k), worst, np.float32)
         found = np.full((len(queries), k), -1, np.int64)
-        for q, (query, row_list) in enumerate(zip(queries, candidates, strict=True)):
-            mine = [int(r) for r in row_list if r >= 0 and int(r) in at]
-            if not mine:
-                continue
-            own = vectors[[at[r] for r in mine]]
-            s = ((own - query) ** 2).sum(axis=1) if l2 else own @ query
-            order = np.argsort(s if l2 else -s, kind="stable")[:k]
-            scores[q, : len(order)] = s[order]
-            found[q, : len(order)] = np.asarray(mine)[order]
+        for s in range(0, len(queries), 64):  # (64, candidates, dim) at a time
+            own = vectors[at[s : s + 64]] if len(present) else None
+            if own is None:
+                break
+            query = queries[s : s + 64, None, :]
+            score = ((own - query) ** 2).sum(-1) if self.l2 else (own * query).sum(-1)
+            score = np.where(valid[s : s + 64], score, worst)
+            best = np.argsort(score if self.l2 else -score, axis=1, kind="stable")[:, :k]
+            top = np.take_along_axis(score, best, axis=1)
+            rows = np.take_along_axis(candidates[s : s + 64], best, axis=1)
+            hit = np.take_along_axis(valid[s : s + 64], best, axis=1)
+            n = top.shape[1]
+            scores[s : s + 64, :n] = np.where(hit, top, worst)
+            found[s : s + 64, :n] = np.where(hit, rows, -1)
         return scores, found
 
     def _on_gpu(self, call: Callable[..., Any], *args: Any) -> Any:
