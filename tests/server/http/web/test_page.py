@@ -157,6 +157,9 @@ def test_classify_shows_bars_per_image(browser, web_server, tmp_path: Path, arte
         assert len(values) == 3 and values == sorted(values, reverse=True)
         assert sum(values) == pytest.approx(100, abs=0.5)
         assert card.get_attribute("data-top") == bars[0].get_attribute("aria-label")
+        fill = bars[0].find_element("css selector", "span").size["width"]
+        assert fill == pytest.approx(bars[0].size["width"] * values[0] / 100, abs=2)
+        assert bars[0].size["width"] > 100  # drawn, not squeezed out
     css(browser, "#save-name").send_keys("webpets")
     css(browser, "#save-name").find_element("xpath", "../following-sibling::button").click()
     wait(browser, lambda d: "Saved classifier webpets" in css(d, "#saved").text)
