@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,15 @@ class ServerProcess:
         self.log: list[str] = []
         self.http: str | None = None  # http://HOST:PORT, unless started with --no-http
         self.address = self._wait_listening()
+        # All it says after that keeps landing in `log` (complete once stopped), so that a
+        # full pipe never stalls a server that logs every request.
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line)
 
     def _wait_listening(self, timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
@@ -120,6 +130,7 @@ class ServerProcess:
         """SIGKILL: no shutdown, no snapshot."""
         self.process.kill()
         self.process.wait(20)
+        self._reader.join(20)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -128,6 +139,8 @@ class ServerProcess:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if hasattr(self, "_reader"):  # not when it never started
+            self._reader.join(20)
 
 
 @pytest.fixture(scope="session")

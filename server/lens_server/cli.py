@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -215,11 +214,13 @@ def serve(
     )
     from lens_server.errors import LensError
     from lens_server.gpu import cuda_available
+    from lens_server.logs import setup as setup_logging
     from lens_server.tls import from_options, load_tls
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        setup_logging(log_level, log_format)
+    except ValueError as e:
+        fail(str(e), 2)
     try:  # a key list the server cannot use stops it before it listens, with exit code 2
         # --print-config reads none of the files the options name (they may be secrets
         # mounted only where the server runs).

@@ -73,12 +73,23 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 @dataclass
 class Call:
-    """What handling one request tells its request metrics: the model that served it."""
+    """What handling one request tells its front door, for its metrics and its log line
+    (`lens_server.logs`): its id, the model version that served it, the inputs it embedded,
+    and the API key that made it ('' where none did)."""
 
+    request_id: str = ""
     model: str = ""
+    version: int = 0
+    inputs: int = 0
+    client: str = ""
 
 
 _CALL: ContextVar[Call | None] = ContextVar("lens_call", default=None)
+
+
+def current_call() -> Call | None:
+    """The `Call` of the request being handled here; None outside one."""
+    return _CALL.get()
 
 
 @contextlib.contextmanager
@@ -93,12 +104,26 @@ def call() -> Iterator[Call]:
         _CALL.reset(token)
 
 
-def note_model(name: str) -> None:
-    """Names the model serving the current request (where a request takes hold of a loaded
-    version: only loaded models' names become labels, never whatever a client sent)."""
+def note_model(name: str, version: int = 0) -> None:
+    """Names the model version serving the current request (where a request takes hold of a
+    loaded version: only loaded models' names become labels, never whatever a client sent)."""
     current = _CALL.get()
     if current is not None:
-        current.model = name
+        current.model, current.version = name, version
+
+
+def note_inputs(count: int) -> None:
+    """Adds `count` inputs embedded for the current request."""
+    current = _CALL.get()
+    if current is not None:
+        current.inputs += count
+
+
+def note_client(name: str) -> None:
+    """Names who made the current request (an API key's entry, never the key)."""
+    current = _CALL.get()
+    if current is not None:
+        current.client = name
 
 
 class Metrics:

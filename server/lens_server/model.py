@@ -20,7 +20,7 @@ from PIL import Image
 from lens_server.batching import Batcher
 from lens_server.config import BatchConfig, ServerConfig
 from lens_server.errors import FailedPrecondition, InvalidInput
-from lens_server.metrics import Metrics, TowerMetrics, note_model
+from lens_server.metrics import Metrics, TowerMetrics, note_inputs, note_model
 from lens_server.pipeline import Admitted, DeviceImages, image_pipeline
 from lens_server.preprocess import ImagePreprocessor, TextTokenizer
 from lens_server.repository.manifest import (
@@ -175,7 +175,7 @@ class LoadedVersion:
     @contextmanager
     def lease(self) -> Iterator[LoadedVersion]:
         """`with version.lease():` around a request's use of the version (see `drained`)."""
-        note_model(self.name)
+        note_model(self.name, self.version)
         self.in_flight += 1
         self._idle.clear()
         try:
@@ -232,6 +232,8 @@ class LoadedVersion:
         Errors name an input by its index, or by `positions[index]` when the inputs are a
         part of a larger request. `background` work yields to requests in the batchers.
         """
+        if not background:  # the request's log line counts them
+            note_inputs(len(inputs))
         where = list(positions) if positions is not None else list(range(len(inputs)))
         images = [i for i, x in enumerate(inputs) if isinstance(x, bytes)]
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]

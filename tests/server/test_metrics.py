@@ -309,8 +309,7 @@ def test_undecodable_requests_and_a_port_of_their_own(tiny_repo, tmp_path):
         assert total(samples, "lens_collection_snapshot_age_seconds", collection="kept") >= 0
     finally:
         proc.stop()
-    assert proc.process.stdout is not None
-    rest = proc.process.stdout.read()
+    rest = "".join(proc.log)
     logged = [line for line in rest.splitlines() if "undecodable request" in line]
     assert len(logged) == 1, logged  # one line for the client, not one per request
     assert "Traceback" not in rest

@@ -13,6 +13,7 @@ from lens_server.access.keys import ApiKeys
 from lens_server.access.limits import Limiter
 from lens_server.config import ClientLimits
 from lens_server.errors import PermissionDenied, Unauthenticated
+from lens_server.metrics import note_client
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Gate:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("send the API key as 'authorization: Bearer KEY'")
         key = self.keys.authenticate(token.strip())
+        note_client(f"key {key.source}")  # the request's log line names the entry, not the key
         if scope and scope not in key.scopes:
             log.info("%s refused: API key %s has no %r scope", call, key.source, scope)
             has = ", ".join(sorted(key.scopes))

@@ -49,11 +49,12 @@ def build_app(
     """The HTTP API over `core`; `readiness()` says why the server is not serving ('' when
     it is). With a `gate`, a request's key is checked before the guard reads its body, and
     its limits once the guard has. With `metrics`, every request is counted in front of all
-    that (`metering`), and `expose_metrics` serves them at GET /metrics. Other apps' APIs
-    are served where `compat` names them: KServe v2's (`lens_server.http.kserve`), and
-    (`lens_server.http.compat`) Immich's with its model names mapped through `aliases`,
-    Weaviate's through `weaviate_model`. With a `lifecycle`, routes that are not open answer
-    503 while the server loads its models (`lens_server.http.starting`)."""
+    that (`metering`, which logs every request, metrics or not), and `expose_metrics`
+    serves them at GET /metrics. Other apps' APIs are served where `compat` names them:
+    KServe v2's (`lens_server.http.kserve`), and (`lens_server.http.compat`) Immich's with
+    its model names mapped through `aliases`, Weaviate's through `weaviate_model`. With a
+    `lifecycle`, routes that are not open answer 503 while the server loads its models
+    (`lens_server.http.starting`)."""
     app = FastAPI(
         title="lens",
         summary="Image and text embeddings, zero-shot classification and vector search.",
@@ -79,4 +80,4 @@ def build_app(
     )
     if lifecycle is not None:
         guarded = Starting(guarded, lifecycle)
-    return guarded if metrics is None else metering.Metered(guarded, metrics, app.routes)
+    return metering.Metered(guarded, metrics, app.routes)  # logs requests, metrics or not

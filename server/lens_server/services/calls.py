@@ -1,5 +1,7 @@
 """What every gRPC call passes on its way to a servicer: its bytes are checked to be a message
-of its method, and (with metrics) the call is counted and timed.
+of its method, the call gets its request id (the client's `x-request-id` metadata, or one
+made; sent back as initial metadata before anything else), and when it ends it is counted
+and timed (with metrics) and logged in one line (`lens_server.logs`).
 
 Bytes that do not parse as the method's request message (random bytes, a truncated varint)
 would otherwise leave the generated deserializer as a DecodeError, which grpc.aio answers
@@ -23,9 +25,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from lens_server import logs
 from lens_server import metrics as metering
+from lens_server.access.scopes import OPEN, grpc_scope
 from lens_server.errors import InvalidInput
-from lens_server.metrics import Metrics
+from lens_server.metrics import Call, Metrics
+from lens_server.services.access import peer_address
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,8 @@ class Undecodable:
 
 
 class Calls(grpc.aio.ServerInterceptor):
-    """The server's one interceptor: undecodable requests refused, calls metered."""
+    """The server's first interceptor: undecodable requests refused, calls metered and
+    logged."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
@@ -109,7 +115,8 @@ class Calls(grpc.aio.ServerInterceptor):
         """A handler answering once: a unary request, or a stream of requests."""
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with self._metered(method, context):
+            with self._metered(method, context) as call:
+                await _send_id(context, call)
                 return await behavior(await self._checked_request(request, context), context)
 
         return handler
@@ -121,7 +128,8 @@ class Calls(grpc.aio.ServerInterceptor):
             return self._unary(method, behavior)
 
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            with self._metered(method, context):
+            with self._metered(method, context) as call:
+                await _send_id(context, call)
                 request = await self._checked_request(request, context)
                 async for response in behavior(request, context):
                     yield response
@@ -152,18 +160,22 @@ class Calls(grpc.aio.ServerInterceptor):
             self._logged.clear()
         self._logged[client] = (now, 0)
         more = f" ({unlogged} more since the last line)" if unlogged else ""
-        log.warning("undecodable request from %s%s: %s", client, more, undecodable.message())
+        log.warning(
+            "undecodable request from %s%s: %s",
+            client,
+            more,
+            undecodable.message(),
+            extra=logs.fields(client=client, method=undecodable.method, unlogged=unlogged),
+        )
 
     @contextmanager
-    def _metered(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
-        """Times the call and counts it by method, serving model and status code."""
-        if self._metrics is None:
-            yield
-            return
+    def _metered(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[Call]:
+        """Times the call, counts it by method, serving model and status code, and logs it."""
         started, code = time.perf_counter(), "OK"
         with metering.call() as call:
+            call.request_id = logs.request_id(_sent_id(context))
             try:
-                yield
+                yield call
             except (asyncio.CancelledError, GeneratorExit):  # the client went away
                 code = "CANCELLED"
                 raise
@@ -174,7 +186,24 @@ class Calls(grpc.aio.ServerInterceptor):
                 status = context.code()
                 code = status.name if status is not None else code
                 seconds = time.perf_counter() - started
-                self._metrics.request("grpc", method, call.model, code, seconds)
+                if self._metrics is not None:
+                    self._metrics.request("grpc", method, call.model, code, seconds)
+                peer = peer_address(context.peer())
+                logs.request(call, "grpc", method, code, seconds, peer, grpc_scope(method) == OPEN)
+
+
+def _sent_id(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's `x-request-id` metadata; None where it sent none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == logs.REQUEST_ID:
+            return value if isinstance(value, str) else None
+    return None
+
+
+async def _send_id(context: grpc.aio.ServicerContext, call: Call) -> None:
+    """The request id, as initial metadata: sent now, so that a call which fails later has
+    it too (an abort's status goes in trailing metadata of its own)."""
+    await context.send_initial_metadata(((logs.REQUEST_ID, call.request_id),))
 
 
 class _Stream:
