@@ -149,6 +149,14 @@ def view_retrieval_top1(method: Method, data: ImageSet, candidates: int = 256) -
     return float(((fa @ fb.T).argmax(1) == torch.arange(len(pixels))).float().mean())
 
 
-def chance(method: str, batch: int) -> float:
-    """The loss of an uninformed model: ln(2N − 1) for NT-Xent, ln N for CLIP."""
-    return float(np.log(2 * batch - 1) if method == "simclr" else np.log(batch))
+def chance(method: str, batch: int, queue: int = 0) -> float | None:
+    """The loss of an uninformed model, for the contrastive methods: ln N for CLIP,
+    ln(2N − 1) for NT-Xent, ln(1 + K) for MoCo's InfoNCE against a queue of K; None for the
+    others (their losses have no such reference)."""
+    if method == "clip":
+        return float(np.log(batch))
+    if method == "simclr":
+        return float(np.log(2 * batch - 1))
+    if method == "moco":
+        return float(np.log(1 + queue))
+    return None

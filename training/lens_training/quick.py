@@ -6,6 +6,11 @@ tokens, and the 77-token context of `lens-tiny-clip` made the text tower most of
 smaller batches for more steps in the same time. SimCLR uses NT-Xent at temperature 0.2,
 which learns far faster than 0.5 at this length (kNN 0.89 against 0.79 after 150 steps).
 MAE uses patches of 8 (16 tokens) and embeds with the whitened mean of the patch tokens.
+MoCo, BYOL, Barlow Twins and VICReg train SimCLR's tiny ResNet with its optimiser and
+augmentations, a projector 512 wide (the papers' 2,048-8,192 are for ResNet-50's 2,048
+features; the tiny tower has 64), and, for the momentum networks, momenta that move within a
+run of 230 steps: MoCo 0.9 → 0.99 with a queue of 1,024 keys (four batches; a longer queue
+keeps keys of an encoder close to the current one), BYOL 0.98 → 1.
 Figures of three seeds: bench/results/train-*.json, the README and docs/training.md.
 """
 
@@ -24,6 +29,43 @@ PLANS: dict[str, dict[str, Any]] = {
         "temperature": 0.2,
     },
     "mae": {"arch": "lens-tiny-vit", "steps": 1200, "batch_size": 256, "lr": 3e-3},
+    "moco": {
+        "arch": "lens-tiny-resnet",
+        "steps": 230,
+        "batch_size": 256,
+        "lr": 2e-3,
+        "optimizer": "adamw",
+        "projector_dim": 512,
+        "queue": 1024,
+        "momentum": 0.9,
+        "momentum_end": 0.99,
+    },
+    "byol": {
+        "arch": "lens-tiny-resnet",
+        "steps": 230,
+        "batch_size": 256,
+        "lr": 2e-3,
+        "optimizer": "adamw",
+        "projector_dim": 512,
+        "momentum": 0.98,
+        "momentum_end": 1.0,
+    },
+    "barlow": {
+        "arch": "lens-tiny-resnet",
+        "steps": 230,
+        "batch_size": 256,
+        "lr": 2e-3,
+        "optimizer": "adamw",
+        "projector_dim": 512,
+    },
+    "vicreg": {
+        "arch": "lens-tiny-resnet",
+        "steps": 230,
+        "batch_size": 256,
+        "lr": 2e-3,
+        "optimizer": "adamw",
+        "projector_dim": 512,
+    },
 }
 
 
