@@ -137,7 +137,7 @@ def _reader(name: str, inputs: np.ndarray) -> Any:
     """A `CalibrationDataReader` over an array of tower inputs, CALIBRATION_BATCH rows a feed."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class Batches(CalibrationDataReader):  # type: ignore[misc]
+    class Batches(CalibrationDataReader):
         def __init__(self) -> None:
             self._feeds = iter(
                 {name: inputs[i : i + CALIBRATION_BATCH]}
