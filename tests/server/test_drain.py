@@ -125,9 +125,7 @@ def assert_kept(repo: Path, collections: Path, name: str, vectors: list[np.ndarr
 
 def said(proc: ServerProcess) -> str:
     """Everything an exited server wrote."""
-    proc.stop()
-    if getattr(proc, "_reader", None) is None and proc.process.stdout:  # nothing reads it
-        proc.log.append(proc.process.stdout.read())
+    proc.stop()  # joins the thread that reads its output into `log`
     return "".join(proc.log)
 
 
