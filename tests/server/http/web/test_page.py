@@ -3,6 +3,7 @@ through the public HTTP API, and the API's refusals show as its messages."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import ServerProcess, encode, photo
 from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS, own_error
+from tests.server.test_deploy import copy_version
 
 pytestmark = pytest.mark.slow
 WAIT = 30  # seconds for the page to show what a request brought, on a loaded machine
@@ -201,6 +203,24 @@ def test_the_map_draws_every_point(browser, web_server, artefacts: Path):
         "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n;"
     )
     assert painted > 100
+    # A click on a point opens its item and its nearest neighbours.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    canvas = css(browser, "#map")
+    where = browser.execute_script(
+        "const c = document.getElementById('map'), b = c.getBoundingClientRect();"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "for (let i = 3; i < d.length; i += 4) if (d[i] === 255) {"
+        "  const p = (i - 3) / 4, x = p % c.width, y = Math.floor(p / c.width);"
+        "  const sx = b.width / c.width, sy = b.height / c.height;"
+        "  return [(x + 2) * sx - b.width / 2, (y + 3) * sy - b.height / 2];"
+        "}"
+    )
+    ActionChains(browser).move_to_element_with_offset(canvas, *where).click().perform()
+    wait(browser, lambda d: len(all_css(d, "#neighbours li")) >= 5)
+    opened = css(browser, "#map-item h3").text
+    assert opened in {*PHOTOS, DUPLICATE[1]}
+    assert opened not in [li.get_attribute("data-id") for li in all_css(browser, "#neighbours li")]
     browser.save_screenshot(str(artefacts / "map.png"))
 
 
@@ -274,7 +294,9 @@ def row_state(driver: Any, version: str) -> str | None:
 def test_an_api_key_is_asked_once_and_kept_for_the_tab(chromium, tiny_repo, tmp_path: Path):
     keys = tmp_path / "keys.txt"
     keys.write_text("page-key embed,write\n")
-    keyed = ServerProcess(tiny_repo, "--api-keys", str(keys))
+    repo = Path(shutil.copytree(tiny_repo, tmp_path / "repo"))
+    copy_version(repo, 1)  # serving 2, so that version 1 could be deployed with the scope
+    keyed = ServerProcess(repo, "--api-keys", str(keys))
     try:
         with httpx.Client(base_url=keyed.http, timeout=30) as http:
             made = http.post(
@@ -296,8 +318,12 @@ def test_an_api_key_is_asked_once_and_kept_for_the_tab(chromium, tiny_repo, tmp_
         open_view(chromium, keyed, "models")  # a new load of the page: the key is kept
         wait(chromium, lambda d: all_css(d, "section[data-model=tiny] tbody tr"))
         assert not css(chromium, "#key-dialog").is_displayed()
-        deploy = css(chromium, "button[aria-label='Roll back tiny']")
-        assert not deploy.is_enabled()  # no version to roll back to
+        # The key has no admin scope: the buttons that need it are disabled.
+        wait(
+            chromium,
+            lambda d: not css(d, "button[aria-label='Deploy tiny version 1']").is_enabled(),
+        )
+        assert not css(chromium, "button[aria-label='Roll back tiny']").is_enabled()
         assert not [e for e in chromium.get_log("browser") if own_error(e)]
     finally:
         chromium.execute_script("sessionStorage.clear()")

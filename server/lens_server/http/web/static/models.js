@@ -109,8 +109,23 @@ export function render(main) {
     });
   }
 
+  // With a key, whether it holds the admin scope: the gate checks a route's scope before it
+  // reads the body, so a deploy with a version it refuses (-1) answers 403 without the
+  // scope and 400 with it, and deploys nothing either way.
+  async function probeAdmin(model) {
+    if (!sessionStorage.getItem("lens.apiKey") || !model) return;
+    try {
+      await post(`/v1/models/${encodeURIComponent(model)}/deploy`, { version: -1 });
+    } catch (e) {
+      if (e.status === 403) admin = false;
+    }
+  }
+
   main.append(el("h2", {}, "Models"), note, models, el("div", { class: "table-wrap" }, collections));
-  refresh();
+  get("/v1/models")
+    .then((listed) => probeAdmin(listed.default_model || (listed.data[0] && listed.data[0].id)))
+    .catch(() => {})
+    .finally(refresh);
   // Re-index progress and states move on their own: read them again while the view is open.
   const timer = setInterval(() => {
     if (moving) refresh();
