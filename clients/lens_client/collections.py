@@ -42,11 +42,13 @@ class CollectionCalls:
         metric: str = "cosine",
         index: str = "auto",
         dim: int = 0,
+        storage: str = "",
         **params: int,
     ) -> Call[dict[str, Any]]:
         """A new collection pinned to `model` (`NAME[:VERSION]`, default: the server's
-        default model), or of raw vectors of length `dim`. `params`: IndexSpec fields such as
-        `hnsw_m=32`, `ivf_nlist=1024`, `pq_m=64`."""
+        default model), or of raw vectors of length `dim`. `storage`: how its index holds
+        vectors (float32, float16, int8 or binary; '': float32). `params`: IndexSpec fields
+        such as `hnsw_m=32`, `ivf_nlist=1024`, `pq_m=64`."""
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {', '.join(_METRICS)}")
         request = index_pb2.CreateCollectionRequest(
@@ -54,7 +56,7 @@ class CollectionCalls:
             metric=_METRICS[metric],
             dim=dim,
             model=codec.parse_model(model) if not dim or model else common_pb2.ModelRef(),
-            index=index_pb2.IndexSpec(type=index, **params),
+            index=index_pb2.IndexSpec(type=index, storage=storage, **params),
         )
         return Call(self._index.CreateCollection, request, collection_dict, self.timeout)
 

@@ -56,6 +56,13 @@ def image_bytes(text: str, where: str) -> bytes:
     return data
 
 
+def encode_codes(codes: np.ndarray, encoding_format: str) -> list[list[int]] | list[str]:
+    """(n, cols) int8/uint8 codes → JSON arrays of integers, or base64 of each row's bytes."""
+    if encoding_format == "base64":
+        return [base64.b64encode(row.tobytes()).decode() for row in codes]
+    return list(codes.tolist())
+
+
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[list[float] | str]:
     """(n, dim) float32 → JSON arrays, or base64 of each row's little-endian float32 bytes."""
     rows = vectors.astype("<f4", copy=False)

@@ -16,6 +16,7 @@ from lens_server.errors import InvalidInput
 from lens_server.model import Input, LoadedVersion
 from lens_server.services.classify import classify
 from lens_server.services.status import deadline_of, streaming, unary
+from lens_server.vectors import check_encoding, quantize
 
 
 def to_matrix(x: np.ndarray) -> common_pb2.Matrix:
@@ -89,11 +90,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         pinned: LoadedVersion | None = None,
     ) -> inference_pb2.EmbedResponse:
         ref = request.model
+        encoding = check_encoding(request.encoding or "float32")
         embedded = await self.embedding.embed(
             _inputs(request), ref.name, ref.version, deadline_of(context), pinned
         )
+        if encoding == "float32":
+            return inference_pb2.EmbedResponse(
+                model=embedded.model,
+                version=embedded.version,
+                embeddings=to_matrix(embedded.vectors),
+            )
+        given = np.asarray(request.ranges, np.float32) if request.ranges else None
+        codes, ranges = quantize(embedded.vectors, encoding, given)
         return inference_pb2.EmbedResponse(
-            model=embedded.model, version=embedded.version, embeddings=to_matrix(embedded.vectors)
+            model=embedded.model,
+            version=embedded.version,
+            codes=inference_pb2.Codes(
+                encoding=encoding,
+                rows=codes.shape[0],
+                cols=codes.shape[1],
+                data=codes.tobytes(),
+                ranges=[] if ranges is None else ranges.reshape(-1).tolist(),
+            ),
         )
 
 
