@@ -167,7 +167,7 @@ def train(
             method=method,
             data=data,
             out=str(out),
-            **{**settings, **from_plan},  # type: ignore[arg-type]
+            **{**settings, **from_plan},
             holdout=holdout,
             seed=seed,
             device=device,
