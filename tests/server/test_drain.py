@@ -153,7 +153,7 @@ def held_server(tiny_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
         "--max-queue-delay-ms",
         "120000",
         "--drain-delay",
-        "3",
+        "5",  # room for the checks below on a loaded machine, before the ports close
         collections=tmp_path / "collections",
     )
     yield proc
