@@ -168,6 +168,26 @@ def test_classify_shows_bars_per_image(browser, web_server, tmp_path: Path, arte
     browser.save_screenshot(str(artefacts / "classify.png"))
 
 
+def test_a_few_shot_classifier_from_labelled_boxes(browser, web_server, tmp_path: Path):
+    open_view(browser, web_server, "classify")
+    paths = {}
+    for name in ("chelsea", "rocket", "coffee"):
+        paths[name] = tmp_path / f"{name}.jpg"
+        paths[name].write_bytes(encode(photo(name), "JPEG"))
+    css(browser, "#shot-name").send_keys("fewpets")
+    for box, (label, example) in enumerate([("cat", "chelsea"), ("rocket", "rocket")], 1):
+        css(browser, f"#shot-label-{box}").send_keys(label)
+        css(browser, f"#shot-images-{box}").send_keys(str(paths[example]))
+    css(browser, "#shot-name").find_element("xpath", "../following-sibling::button[2]").click()
+    wait(browser, lambda d: "Saved classifier fewpets (few-shot, 2 labels" in css(d, "#saved").text)
+    assert css(browser, "#classifier").get_attribute("value") == "fewpets"
+    css(browser, "#classify-images").send_keys(f"{paths['chelsea']}\n{paths['rocket']}")
+    css(browser, "#classify-form button[type=submit]").click()
+    wait(browser, lambda d: len(all_css(d, "#classified section")) == 2)
+    tops = [c.get_attribute("data-top") for c in all_css(browser, "#classified section")]
+    assert tops == ["cat", "rocket"]  # each class's one example is its own prototype
+
+
 def test_duplicates_show_the_planted_pair(browser, web_server, artefacts: Path):
     open_view(browser, web_server, "duplicates")
     pick(browser, COLLECTION)

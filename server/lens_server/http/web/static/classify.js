@@ -2,6 +2,7 @@
 // of probabilities per image; the labels can be saved as a zero-shot classifier.
 
 import { get, post, upload } from "./api.js";
+import { fewShot } from "./fewshot.js";
 import { dropZone, el, guarded } from "./ui.js";
 
 const splitLabels = (text) =>
@@ -102,6 +103,11 @@ export function render(main) {
     results,
     el("div", { class: "controls" }, el("label", { for: "save-name" }, "Classifier name", name), save),
     note,
+    fewShot(async (info) => {
+      note.textContent = `Saved classifier ${info.name} (${info.kind}, ${info.labels.length} labels, model ${info.model}).`;
+      await refreshSaved();
+      saved.value = info.name;
+    }),
   );
   refreshSaved();
 }
