@@ -3,14 +3,16 @@
 1. In process: microseconds per request line (`lens_server.logs.request`, the function both
    front doors call once per request), text and JSON, written through the server's own log
    set-up to a pipe another thread drains, as a server's stderr is read by whatever runs it.
-2. End to end: Embed calls/s of one text on the tiny model, one request at a time, through
-   gRPC and through HTTP `POST /v1/embeddings`, from a server writing a JSON line per request
-   (`--log-format json --log-level info`) against the same server writing none
+2. End to end: Embed calls of one text on the tiny model, one request at a time, through
+   gRPC and through HTTP `POST /v1/embeddings`, to a server writing a JSON line per request
+   (`--log-format json --log-level info`) and to the same server writing none
    (`--log-level warning`). Both answer with the request id; only the lines differ. The two
    servers take turns wave by wave, so a neighbour's load on a shared machine falls on both
-   alike, and the ratio is the median of paired waves.
-Prints each line's cost as a share of a call (target: under 2%) and the end-to-end ratios,
-and writes JSON to bench/results/.
+   alike. Per call: the server process's CPU time (all its threads, read through
+   clock_getcpuclockid), which a loaded machine moves far less than the wall clock, and
+   calls/s; each ratio is the median of paired waves.
+Prints each line's cost as a share of a call (target: under 2%), the extra server CPU per
+call that logging takes, and the calls/s ratio, and writes JSON to bench/results/.
 
     python bench/request_logs.py
     python bench/request_logs.py --waves 4 --calls 50     # shorter
@@ -19,6 +21,7 @@ and writes JSON to bench/results/.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import tempfile
 import threading
@@ -88,22 +91,42 @@ class Client:
         self.http.close()
 
 
-def calls_per_s(clients: dict[str, Client], transport: str, waves: int, calls: int) -> dict:
-    """Calls/s of each side (its median wave) and the median ratio logged/quiet of paired
-    waves; the sides take turns, the first of each pair alternating."""
+def cpu_clock(pid: int) -> int:
+    """The clock of process `pid`'s CPU time, all threads (`time.clock_gettime` reads it)."""
+    clock = ctypes.c_int()
+    if ctypes.CDLL(None, use_errno=True).clock_getcpuclockid(pid, ctypes.byref(clock)):
+        raise OSError(ctypes.get_errno(), f"no CPU clock for process {pid}")
+    return clock.value
+
+
+def calls_per_s(
+    clients: dict[str, Client], clocks: dict[str, int], transport: str, waves: int, calls: int
+) -> dict:
+    """Per side: calls/s (its median wave) and server CPU microseconds per call (its median
+    wave); the median ratios logged/quiet of paired waves. The sides take turns, the first
+    of each pair alternating."""
     seconds: dict[str, list[float]] = {side: [] for side in SIDES}
+    cpu: dict[str, list[float]] = {side: [] for side in SIDES}
     for w in range(waves):
         for side in SIDES[w % 2 :] + SIDES[: w % 2]:
             call = getattr(clients[side], f"{transport}_call")
-            started = time.perf_counter()
+            started, used = time.perf_counter(), time.clock_gettime(clocks[side])
             for _ in range(calls):
                 call()
             seconds[side].append(time.perf_counter() - started)
-    ratios = [q / g for q, g in zip(seconds["quiet"], seconds["logged"], strict=True)]
+            cpu[side].append((time.clock_gettime(clocks[side]) - used) / calls * 1e6)
+
+    def paired(values: dict[str, list[float]]) -> float:
+        pairs = zip(values["logged"], values["quiet"], strict=True)
+        return float(np.median([logged / quiet for logged, quiet in pairs]))
+
     return {
         "per_s": {side: calls / float(np.median(t)) for side, t in seconds.items()},
-        "logged_vs_quiet": float(np.median(ratios)),
+        "logged_vs_quiet": 1 / paired(seconds),
+        "server_cpu_us_per_call": {side: float(np.median(c)) for side, c in cpu.items()},
+        "server_cpu_logged_vs_quiet": paired(cpu),
         "wave_seconds": seconds,
+        "wave_cpu_us_per_call": cpu,
     }
 
 
@@ -121,9 +144,11 @@ def main() -> None:
     repo = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     model = "tiny-clip"
     model_repository(repo, str(TINY), model)
+    # One ONNX Runtime thread: the threads of its pool spin while they wait for work, which
+    # would blur the servers' CPU clocks.
     servers = {
-        "quiet": serve(repo, "--log-level", "warning"),
-        "logged": serve(repo, "--log-format", "json", "--log-level", "info"),
+        "quiet": serve(repo, "--threads", "1", "--log-level", "warning"),
+        "logged": serve(repo, "--threads", "1", "--log-format", "json", "--log-level", "info"),
     }
     clients = {side: Client(served, model) for side, served in servers.items()}
     try:
@@ -131,7 +156,10 @@ def main() -> None:
             for _ in range(20):
                 client.grpc_call()
                 client.http_call()
-        results = {t: calls_per_s(clients, t, args.waves, args.calls) for t in ("grpc", "http")}
+        clocks = {side: cpu_clock(served.process.pid) for side, served in servers.items()}
+        results = {
+            t: calls_per_s(clients, clocks, t, args.waves, args.calls) for t in ("grpc", "http")
+        }
     finally:
         for side in SIDES:
             clients[side].close()
@@ -140,9 +168,11 @@ def main() -> None:
 
     figures: dict[str, Any] = {f"{f}_line_us": round(us, 2) for f, us in per_line.items()}
     for transport, result in results.items():
-        call_us = 1e6 / result["per_s"]["quiet"]
-        figures[f"{transport}_call_us"] = round(call_us, 1)
-        figures[f"{transport}_json_line_share"] = per_line["json"] / call_us
+        cpu_us = result["server_cpu_us_per_call"]["quiet"]
+        figures[f"{transport}_call_us"] = round(1e6 / result["per_s"]["quiet"], 1)
+        figures[f"{transport}_server_cpu_us"] = round(cpu_us, 1)
+        figures[f"{transport}_json_line_share"] = per_line["json"] / cpu_us
+        figures[f"{transport}_server_cpu_logged_vs_quiet"] = result["server_cpu_logged_vs_quiet"]
         figures[f"{transport}_logged_vs_quiet"] = result["logged_vs_quiet"]
     report = {
         "benchmark": "request_logs",
@@ -159,12 +189,14 @@ def main() -> None:
 
 def _print(figures: dict[str, Any]) -> None:
     print(f"request line: text {figures['text_line_us']} us, json {figures['json_line_us']} us")
-    for transport in ("grpc", "http"):
-        share = figures[f"{transport}_json_line_share"]
+    for t in ("grpc", "http"):
+        share = figures[f"{t}_json_line_share"]
+        cpu = figures[f"{t}_server_cpu_logged_vs_quiet"] - 1
         print(
-            f"{transport:5} Embed (1 text, tiny model): {figures[f'{transport}_call_us']} us a "
-            f"call; a JSON line is {share:.2%} of it (target < {TARGET:.0%}); calls/s logged "
-            f"vs quiet: {figures[f'{transport}_logged_vs_quiet']:.1%} (median of paired waves)"
+            f"{t:5} Embed (1 text, tiny model): {figures[f'{t}_server_cpu_us']} us of server "
+            f"CPU a call ({figures[f'{t}_call_us']} us wall); a JSON line is {share:.2%} of it "
+            f"(target < {TARGET:.0%}); logging took {cpu:+.2%} server CPU a call, calls/s "
+            f"{figures[f'{t}_logged_vs_quiet']:.1%} of quiet (medians of paired waves)"
         )
 
 
