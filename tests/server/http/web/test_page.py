@@ -257,6 +257,8 @@ def test_models_lists_the_versions_and_status_reads_the_counters(browser, web_se
     open_view(browser, web_server, "status")
     wait(browser, lambda d: "requests answered" in css(d, "#status-summary").text)
     assert len(all_css(browser, "#charts canvas")) == 5
+    # A second reading gives a rate (the page's own reads of /metrics are requests too).
+    wait(browser, lambda d: "req/s" in css(d, "#charts .figure").text)
     browser.save_screenshot(str(artefacts / "status.png"))
 
 

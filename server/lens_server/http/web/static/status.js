@@ -52,7 +52,8 @@ function chart(title, unit) {
     push(value) {
       series.push(value);
       if (series.length > KEEP) series.shift();
-      figure.textContent = value === null || value === undefined ? "–" : `${value < 10 ? value.toFixed(2) : value.toFixed(0)} ${unit}`;
+      const digits = Number.isInteger(value) || value >= 10 ? 0 : 2;
+      figure.textContent = value === null || value === undefined ? "–" : `${value.toFixed(digits)} ${unit}`;
       const g = canvas.getContext("2d");
       g.clearRect(0, 0, canvas.width, canvas.height);
       const values = series.filter((v) => v !== null);
