@@ -5,7 +5,9 @@ and client; the id a client sends taken and returned, one made where it sends no
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
+from lens_server import logs
 from tests.conftest import ServerProcess
 
 KEY = "log-test-key-5f2d9c"
@@ -192,6 +195,48 @@ def test_probes_and_scrapes_are_logged_at_debug(logged: ServerProcess):
     ):
         (line,) = _requests(logged, request_id)
         assert (line["level"], line["method"]) == ("debug", method)
+
+
+def test_undecodable_requests_are_logged_through_the_same_formatter(logged: ServerProcess):
+    with grpc.insecure_channel(logged.address) as channel:
+        raw = channel.unary_unary(EMBED)  # bytes as they are: no serializer
+        with pytest.raises(grpc.RpcError) as refused:
+            raw(b"\x0a\xff\xff\xff\xff", metadata=(("x-request-id", "undecodable"),), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    (line,) = _requests(logged, "undecodable")
+    assert line["status"] == "INVALID_ARGUMENT"
+    said = [r for r in _records(logged) if r.get("request_id") == "undecodable"]
+    (warning,) = [r for r in said if r["level"] == "warning"]
+    assert warning["message"].startswith("undecodable request from ")
+    assert (warning["method"], warning["unlogged"]) == (EMBED, 0)
+
+
+def test_errors_and_their_tracebacks_are_one_json_line():
+    """In this process: the formatter every logger goes through, with an exception."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    try:
+        logs.setup("info", "json", stream)
+        try:
+            raise RuntimeError("the index is gone")
+        except RuntimeError:
+            logging.getLogger("lens_server.test").exception("search failed", extra=logs.fields(k=5))
+        logging.getLogger("lens_server.test").debug("below the level")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["logger"], record["message"]) == (
+        "error",
+        "lens_server.test",
+        "search failed",
+    )
+    assert record["k"] == 5
+    assert "Traceback" in record["exception"] and "the index is gone" in record["exception"]
+    with pytest.raises(ValueError, match="log format 'xml': use one of text, json"):
+        logs.setup("info", "xml", stream)
 
 
 def test_the_key_never_appears_in_the_log(logged: ServerProcess):
