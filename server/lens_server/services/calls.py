@@ -150,7 +150,7 @@ class Calls(grpc.aio.ServerInterceptor):
         """Counts an undecodable request; logs it unless its client was logged lately."""
         if self._metrics:
             self._metrics.undecodable.labels(undecodable.method).inc()
-        client = peer.rsplit(":", 1)[0]  # the address without the port: a client reconnects
+        client = peer_address(peer)  # the address without the port: a client reconnects
         now = time.monotonic()
         last, unlogged = self._logged.get(client, (-LOG_INTERVAL_S, 0))
         if now - last < LOG_INTERVAL_S:
