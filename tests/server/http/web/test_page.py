@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, encode, photo
-from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS, own_error
+from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS, b64, own_error
 from tests.server.test_deploy import copy_version
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,27 @@ def test_an_uploaded_image_finds_itself_first(browser, web_server, tmp_path: Pat
     assert shown[0][0] == "coffee" and shown[0][1] > 0.99
 
 
+def test_the_search_view_is_usable_from_the_keyboard(browser, web_server):
+    """The query box has the focus, Enter searches, Tab reaches each result's button."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_view(browser, web_server, "search")
+    wait(browser, lambda d: css(d, "#collection").get_attribute("value") == COLLECTION)
+    query = browser.switch_to.active_element
+    assert query.get_attribute("id") == "query"
+    query.send_keys("a cup of coffee", Keys.ENTER)
+    first = hits(browser)[0][0]
+    for _ in range(30):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        label = browser.switch_to.active_element.get_attribute("aria-label") or ""
+        if label.startswith("More like"):
+            break
+    assert label == f"More like {first}"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait(browser, lambda d: f"more like {first}" in css(d, "#summary").text)
+    assert hits(browser)[0][0] == first
+
+
 def test_more_like_this_searches_by_the_item(browser, web_server):
     open_view(browser, web_server, "search")
     pick(browser, COLLECTION)
@@ -207,6 +228,16 @@ def test_duplicates_show_the_planted_pair(browser, web_server, artefacts: Path):
     ]
     assert ticked == [DUPLICATE[1]]  # the extra, not the first
     browser.save_screenshot(str(artefacts / "duplicates.png"))
+    css(browser, "#view button.danger").click()
+    wait(browser, lambda d: d.switch_to.alert).accept()
+    wait(browser, lambda d: "Deleted 1." in css(d, "#dup-summary").text)
+    assert not all_css(browser, "#groups .group")
+    with httpx.Client(base_url=web_server.http, timeout=30) as http:
+        url = f"/v1/collections/{COLLECTION}"
+        assert http.get(url).json()["count"] == len(PHOTOS)
+        image = b64(encode(photo(DUPLICATE[0]), "JPEG"))
+        copy = {"id": DUPLICATE[1], "image": image, "metadata": {"kind": PHOTOS[DUPLICATE[0]]}}
+        assert http.post(f"{url}/items", json={"items": [copy]}).status_code == 200
 
 
 def test_the_map_draws_every_point(browser, web_server, artefacts: Path):

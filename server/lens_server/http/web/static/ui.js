@@ -84,6 +84,7 @@ export function thumbnail(collection, id, size = 256) {
 /** A drop zone (also focusable: Enter opens the file chooser) that gives files to `take`. */
 export function dropZone(text, input, take) {
   const zone = el("div", { class: "drop", tabindex: "0", role: "button" }, text);
+  input.tabIndex = -1; // the zone is the keyboard's way to it: one stop, not two
   zone.addEventListener("click", () => input.click());
   zone.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") {
