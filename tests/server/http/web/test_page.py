@@ -102,6 +102,26 @@ def test_a_text_query_shows_thumbnails_in_score_order(browser, web_server, artef
     browser.save_screenshot(str(artefacts / "search.png"))
 
 
+def test_a_second_load_revalidates_the_thumbnails(browser, web_server):
+    def not_modified() -> float:
+        text = httpx.get(f"{web_server.http}/metrics", timeout=30).text
+        route = 'method="/v1/collections/{collection}/items/{item}/thumbnail"'
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("lens_requests_total{") and route in line and 'code="304"' in line
+        )
+
+    for load in range(2):
+        open_view(browser, web_server, "search")
+        pick(browser, COLLECTION)
+        search_text(browser, "a boat on the sea", k=5)
+        hits(browser, 5)
+        if load == 0:
+            before = not_modified()
+    assert not_modified() - before == 5  # each thumbnail asked again with If-None-Match
+
+
 def test_an_uploaded_image_finds_itself_first(browser, web_server, tmp_path: Path):
     open_view(browser, web_server, "search")
     pick(browser, COLLECTION)
@@ -172,6 +192,7 @@ def test_classify_shows_bars_per_image(browser, web_server, tmp_path: Path, arte
         files.append(str(path))
     css(browser, "#classify-images").send_keys("\n".join(files))
     css(browser, "#labels").send_keys("a cat, a rocket, a cup of coffee")
+    css(browser, "#template-set").send_keys("simple")
     css(browser, "#classify-form button[type=submit]").click()
     wait(browser, lambda d: len(all_css(d, "#classified section")) == 2)
     for card in all_css(browser, "#classified section"):

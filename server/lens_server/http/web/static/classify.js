@@ -17,6 +17,8 @@ export function render(main) {
   const chosen = el("p", { class: "summary", id: "chosen", "aria-live": "polite" }, "No images chosen.");
   const labels = el("textarea", { id: "labels", name: "labels", rows: "3", cols: "30", placeholder: "cat, dog, car" });
   const saved = el("select", { id: "classifier", name: "classifier" }, el("option", { value: "" }, "(the labels typed)"));
+  const templates = el("input", { type: "text", id: "template-set", name: "template-set", list: "template-sets", placeholder: "the model's default" });
+  const known = el("datalist", { id: "template-sets" }, el("option", { value: "simple" }), el("option", { value: "openai-imagenet" }));
   const go = el("button", { type: "submit" }, "Classify");
   const name = el("input", { type: "text", id: "save-name", name: "save-name", placeholder: "pets" });
   const save = el("button", { type: "button", class: "secondary" }, "Save as classifier");
@@ -42,7 +44,10 @@ export function render(main) {
     const form = new FormData();
     for (const f of files) form.append("image", f, f.name);
     if (saved.value) form.append("classifier", saved.value);
-    else for (const label of splitLabels(labels.value)) form.append("labels", label);
+    else {
+      for (const label of splitLabels(labels.value)) form.append("labels", label);
+      if (templates.value.trim()) form.append("template_set", templates.value.trim());
+    }
     const result = await upload("/v1/classify", form);
     results.replaceChildren(...result.results.map((r, i) => card(files[i], r.labels)));
   }
@@ -76,7 +81,8 @@ export function render(main) {
     const wanted = splitLabels(labels.value);
     if (!name.value.trim()) throw new Error("Name the classifier first.");
     if (wanted.length < 2) throw new Error("Type at least two labels to save.");
-    const info = await post("/v1/classifiers", { name: name.value.trim(), zero_shot: { labels: wanted } });
+    const zeroShot = { labels: wanted, template_set: templates.value.trim() };
+    const info = await post("/v1/classifiers", { name: name.value.trim(), zero_shot: zeroShot });
     note.textContent = `Saved classifier ${info.name} (${info.labels.length} labels, model ${info.model}).`;
     await refreshSaved();
   }
@@ -88,6 +94,7 @@ export function render(main) {
     file,
     dropZone("Drop or choose images", file, take),
     el("label", { for: "labels" }, "Labels (comma or line separated)", labels),
+    el("label", { for: "template-set" }, "Template set", templates, known),
     el("label", { for: "classifier" }, "or a saved classifier", saved),
     go,
   );
