@@ -12,7 +12,10 @@
    clock_getcpuclockid), which a loaded machine moves far less than the wall clock, and
    calls/s; each ratio is the median of paired waves.
 Prints each line's cost as a share of a call (target: under 2%), the extra server CPU per
-call that logging takes, and the calls/s ratio, and writes JSON to bench/results/.
+call that logging takes, and the calls/s ratio, and writes JSON to bench/results/. On a
+shared, loaded machine the end-to-end ratios move by more than a line costs (two servers of
+the same code have differed by a quarter in server CPU a call on the shared 2-core machine),
+so there the in-process cost against the call's server CPU is the figure to read.
 
     python bench/request_logs.py
     python bench/request_logs.py --waves 4 --calls 50     # shorter
