@@ -59,7 +59,9 @@ class CollectionMap:
 class Browsing:
     def __init__(self, collections: Collections) -> None:
         self.collections = collections
-        self._maps: dict[str, CollectionMap] = {}
+        # By name: the collection object it was made of (one dropped and made again under
+        # the same name is another), and the map.
+        self._maps: dict[str, tuple[Collection, CollectionMap]] = {}
         self._thumbnails: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -102,11 +104,11 @@ class Browsing:
         """The collection's 2-D map, made again only when it has changed since the last."""
         collection = self.collections.get(name)
         seq, version = collection.store.seq(), collection.spec.version
-        cached = self._maps.get(name)
-        if cached is not None and (cached.seq, cached.version) == (seq, version):
+        of, cached = self._maps.get(name, (None, None))
+        if of is collection and cached and (cached.seq, cached.version) == (seq, version):
             return cached
         made = await asyncio.to_thread(_project, collection, seq, version)
-        self._maps[name] = made
+        self._maps[name] = (collection, made)
         return made
 
 

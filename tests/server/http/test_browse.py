@@ -133,3 +133,15 @@ def test_the_page_and_its_files(api: httpx.Client):
     assert script.headers["cache-control"] == "no-cache"
     for name in ("search", "classify", "models", "duplicates", "map", "status"):
         assert api.get(f"/web/{name}.js").status_code == 200, name
+
+
+def test_a_collection_made_again_under_its_name_gets_its_own_map(api: httpx.Client):
+    """Same name, same model version, same write count: the same seq, yet another map."""
+    for ids in (["a", "b"], ["c", "d"]):
+        api.delete("/v1/collections/remade")
+        ok(api.post("/v1/collections", json={"name": "remade", "model": "tiny"}), 201)
+        items = [{"id": i, "text": f"the letter {i}"} for i in ids]
+        ok(api.post("/v1/collections/remade/items", json={"items": items}))
+        made = ok(api.get("/v1/collections/remade/map"))
+        assert sorted(p["id"] for p in made["points"]) == ids
+    api.delete("/v1/collections/remade")
