@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from lens.v1 import (
     classifiers_pb2,
@@ -37,6 +36,7 @@ from lens_server.repository import Repository
 from lens_server.services.access import AccessInterceptor
 from lens_server.services.calls import Calls
 from lens_server.services.classify import ClassifiersServicer
+from lens_server.services.health import Health
 from lens_server.services.index import IndexServicer
 from lens_server.services.inference import InferenceServicer
 from lens_server.services.models import ModelsServicer
@@ -91,7 +91,7 @@ class LensServer:
         if self.metrics:
             watch(self.metrics, self.registry, self.collections)
         self._watcher: asyncio.Task[None] | None = None
-        self._health = HealthServicer()
+        self._health = Health()
         # Keys, scopes and limits per client, for both front doors.
         self.gate = Gate(config.api_keys, config.client_limits)
         size = config.limits.max_message_bytes
@@ -137,6 +137,10 @@ class LensServer:
             ),
             server,
         )
+        # NOT_SERVING before the port opens (grpc_health starts "" as SERVING).
+        self._served = ("", *served)
+        for service in self._served:
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
         if self.tls:
             self.port = server.add_secure_port(address, self.tls.grpc_credentials())
@@ -172,9 +176,6 @@ class LensServer:
                 self.tls,
             )
             self.metrics_port = await self._metrics_http.start()
-        self._served = ("", *served)
-        for service in self._served:
-            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         return self.port
 
     async def load(self) -> None:
@@ -236,6 +237,7 @@ class LensServer:
         """Stops taking connections and calls, lets those in flight and open streams finish
         (up to `grace_s`, then cancels them), snapshots the collections, unloads."""
         await self._leave()
+        self._health.close()  # a Watch stream would hold the drain for all of grace_s
         # Both front doors drain at once, each within grace_s.
         http = [s.stop() for s in (self._http, self._metrics_http) if s]
         await asyncio.gather(self._server.stop(self.config.grace_s), *http)

@@ -288,3 +288,25 @@ def test_ports_open_while_models_load(tiny_repo: Path, tmp_path: Path) -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.mark.slow
+def test_a_health_watch_does_not_hold_the_drain(tiny_repo: Path, tmp_path: Path) -> None:
+    """A Watch stream (gRPC client-side health checking keeps one open) ends when the ports
+    close, with NOT_SERVING: the server exits without waiting out its 600 s grace."""
+    lens = ServerProcess(tiny_repo, "--grace-s", "600", collections=tmp_path / "w")
+    try:
+        with grpc.insecure_channel(lens.address) as channel:
+            request = health_pb2.HealthCheckRequest(service=INFERENCE)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
+            assert next(watch).status == SERVING
+            lens.process.send_signal(signal.SIGTERM)
+            sent: list[int] = []
+            try:
+                sent.extend(answer.status for answer in watch)  # until it ends, with OK
+            except grpc.RpcError as e:
+                raise AssertionError(f"the watch failed after {sent}: {e}") from e
+            assert sent == [NOT_SERVING]
+        assert lens.process.wait(60) == 0
+    finally:
+        lens.stop()
