@@ -15,7 +15,8 @@ before the clock starts; every response is decoded to a float32 matrix inside it
 ratios beside the target (≥ 97% each) and writes JSON to bench/results/ops_overhead.json,
 where each model keeps its latest run (--out: a file of this run alone).
 
-    python bench/ops_overhead.py --repo models --model clip-vit-b-32
+    python bench/ops_overhead.py --repo models --model clip-vit-b-32 --waves 12
+    python bench/ops_overhead.py --repo models --model tiny-clip --waves 16 --repeat 4
     python bench/ops_overhead.py --tiny                 # the tiny test model, small sizes (a test)
     python bench/ops_overhead.py --tiny --profile DIR   # py-spy stacks of both servers in DIR
 """
@@ -36,7 +37,7 @@ import httpx
 import numpy as np
 from gpu import TINY, model_repository
 from harness import RESULTS, Served, hot_frames, machine, sampled, save, serve
-from http_grpc import Transports, throughput
+from http_grpc import Call, Transports, throughput
 from serve import batches, jpeg_inputs, text_inputs
 
 TARGET = 0.97
@@ -126,13 +127,29 @@ def measure(clients: dict[str, Transports], args: argparse.Namespace) -> dict[st
         off_call, off_requests = work["off"]
         on_call, on_requests = work["on"]
         np.testing.assert_allclose(on_call(on_requests[0]), off_call(off_requests[0]), atol=1e-5)
-        results[f"{modality}_{transport}"] = throughput(work, args.batch, args.waves, args.clients)
+        if args.repeat > 1:
+            work = {
+                side: _in_turn(call, requests, args.repeat)
+                for side, (call, requests) in work.items()
+            }
+        results[f"{modality}_{transport}"] = throughput(
+            work, args.batch * args.repeat, args.waves, args.clients
+        )
     figures: dict[str, float] = {}
     for name, rates in results.items():
         figures[f"{name}_per_s_off"] = rates["per_s"]["off"]
         figures[f"{name}_per_s_on"] = rates["per_s"]["on"]
         figures[f"{name}_on_vs_off"] = rates["vs_first"]["on"]
     return {"figures": figures, **results}
+
+
+def _in_turn(call: Call, requests: list[Any], repeat: int) -> tuple[Call, list[Any]]:
+    """A call that sends `repeat` of the requests one after the other (a client's share of a
+    longer wave), and the groups to send."""
+    groups = [
+        [requests[(g + i) % len(requests)] for i in range(repeat)] for g in range(len(requests))
+    ]
+    return (lambda group: [call(r) for r in group][-1]), groups
 
 
 def main() -> None:
@@ -145,6 +162,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="inputs per request")
     parser.add_argument("--clients", type=int, default=4, help="concurrent requests")
     parser.add_argument("--waves", type=int, default=8, help="turns of each server, per pair")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="requests each client sends one after another per wave (longer waves, fast models)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--profile", type=Path, default=None, help="folder for both servers' stacks (py-spy)"
