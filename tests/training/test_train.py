@@ -19,7 +19,15 @@ from lens_training.export.trained import export_run, load_run
 from lens_training.loop import Trainer
 from tests.conftest import LENS, ServerProcess, encode, photo
 
-ARCH = {"clip": "lens-tiny-clip", "simclr": "lens-tiny-vit", "mae": "lens-tiny-vit"}
+ARCH = {
+    "clip": "lens-tiny-clip",
+    "simclr": "lens-tiny-vit",
+    "mae": "lens-tiny-vit",
+    "moco": "lens-tiny-resnet",
+    "byol": "lens-tiny-resnet",
+}
+# narrow heads and a short queue: these runs check plumbing, not quality
+SETTINGS = {"moco": {"projector_dim": 32, "queue": 64}, "byol": {"projector_dim": 32}}
 
 
 def config(method: str, out, **overrides) -> TrainConfig:
@@ -36,11 +44,12 @@ def config(method: str, out, **overrides) -> TrainConfig:
         lr=1e-3,
         optimizer="adamw",
     )
-    return TrainConfig(**{**values, **overrides})
+    return TrainConfig(**{**values, **SETTINGS.get(method, {}), **overrides})
 
 
-@pytest.mark.parametrize("method", ["clip", "simclr", "mae"])
+@pytest.mark.parametrize("method", ["clip", "simclr", "mae", "moco", "byol"])
 def test_resume_continues_exactly(tmp_path, method):
+    """Bit for bit, momentum networks and MoCo's queue included."""
     straight = Trainer(config(method, tmp_path / "straight"))
     straight.run()
     halves = Trainer(config(method, tmp_path / "halves"))
@@ -58,7 +67,7 @@ def test_resume_continues_exactly(tmp_path, method):
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("method", ["clip", "simclr", "mae"])
+@pytest.mark.parametrize("method", ["clip", "simclr", "mae", "moco"])
 def test_export_serves_and_matches_pytorch(tmp_path, tiny_repo, method):
     Trainer(config(method, tmp_path / "run")).run()
     repo = Repository(tmp_path / "repo")
@@ -72,6 +81,11 @@ def test_export_serves_and_matches_pytorch(tmp_path, tiny_repo, method):
     assert (manifest.text is not None) == (method == "clip")
 
     _, trained = load_run(tmp_path / "run")
+    if method == "moco":  # the query encoder is served; the key encoder and queue are not
+        assert not torch.equal(
+            next(trained.encoder.parameters()), next(trained.key_encoder.parameters())
+        )
+        assert manifest.dim == 64 and manifest.extra["training"]["queue"] == 64
     if method == "mae":  # the whitening fitted on the training images is part of the encoder
         assert not torch.equal(trained.whiten.matrix, torch.eye(len(trained.whiten.matrix)))
     image = encode(photo("coffee"), "PNG")
@@ -200,6 +214,7 @@ def assert_refused(result: subprocess.CompletedProcess, code: int, message: str)
     ("args", "code", "message"),
     [
         (["train", "dino", "--data", "digits"], 2, "unknown method 'dino'"),
+        (["train", "swav", "--data", "digits"], 2, "use clip, simclr, mae, moco, byol, barlow"),
         (["train", "mae", "--data", "/no/such/folder"], 1, "/no/such/folder"),
         (["train", "mae", "--data", "digits", "--arch", "No-Such-Arch"], 1, "unknown architecture"),
         (["train", "mae", "--data", "digits", "--arch", "lens-tiny-resnet"], 1, "needs a ViT"),
@@ -253,13 +268,64 @@ def test_device_cuda_trains_where_there_is_a_gpu_and_is_refused_elsewhere(tmp_pa
         ("--eval-every", "-1", "eval_every must be >= 0 (0: at the end), got -1"),
         ("--checkpoint-every", "-5", "checkpoint_every must be >= 0 (0: at the end), got -5"),
         ("--init", "tiny:latest", "init must be NAME or NAME:VERSION, got 'tiny:latest'"),
+        ("--projector-dim", "-8", "projector_dim must be >= 1 (0: the method's), got -8"),
+        ("--plan", "slow", "unknown plan 'slow': use quick"),
     ],
 )
 def test_train_refuses_each_setting_out_of_its_domain(tmp_path, option, value, message):
     """Refused before anything is written, with the setting and its value named."""
     run = tmp_path / "run"
     args = ["train", "simclr", "--data", "digits", "--device", "cpu", "--out", str(run)]
-    assert_refused(lens(*args, option, value), 1, message)
+    assert_refused(lens(*args, option, value), 2 if option == "--plan" else 1, message)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("moco", ["--queue", "1000"], "queue 1000 must be divisible by the batch_size, 256"),
+        (
+            "moco",
+            ["--queue", "96", "--batch-size", "64", "--accum", "2"],
+            "queue 96 must be divisible by the batch_size / accum, 32",
+        ),
+        ("moco", ["--queue", "0"], "queue must be >= 1, got 0"),
+        ("byol", ["--momentum", "1"], "momentum must be in [0, 1), got 1.0"),
+        ("moco", ["--momentum", "-0.1"], "momentum must be in [0, 1), got -0.1"),
+        (
+            "byol",
+            ["--momentum", "0.99", "--momentum-end", "0.9"],
+            "momentum_end must be in [momentum, 1], got 0.9",
+        ),
+        ("moco", ["--temperature", "0"], "temperature must be finite and > 0, got 0.0"),
+        (
+            "barlow",
+            ["--barlow-lambda", "-0.005"],
+            "barlow_lambda must be finite and >= 0, got -0.005",
+        ),
+        (
+            "vicreg",
+            ["--variance-weight", "-1"],
+            "variance_weight must be finite and >= 0, got -1.0",
+        ),
+        (
+            "vicreg",
+            ["--invariance-weight", "nan"],
+            "invariance_weight must be finite and >= 0, got nan",
+        ),
+        (
+            "vicreg",
+            ["--invariance-weight", "0", "--variance-weight", "0", "--covariance-weight", "0"],
+            "VICReg needs at least one of its loss weights > 0, got all 0",
+        ),
+    ],
+)
+def test_new_methods_refuse_their_bad_settings(tmp_path, method, options, message):
+    """MoCo's queue and momentum, BYOL's momentum, Barlow Twins' λ and VICReg's weights:
+    refused before anything is written, with the value named."""
+    run = tmp_path / "run"
+    args = ["train", method, "--data", "digits", "--device", "cpu", "--out", str(run)]
+    assert_refused(lens(*args, *options), 1, message)
     assert not run.exists()
 
 

@@ -26,7 +26,7 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 CROP_OFFSETS = ("round", "floor")
 RGB_ORDERS = ("after-crop", "before-resize")
 TEXT_CLEANERS = ("openclip", "none")
-KINDS = ("clip", "simclr", "mae", "image", "text")
+KINDS = ("clip", "simclr", "mae", "moco", "byol", "barlow", "vicreg", "image", "text")
 
 
 @dataclass(frozen=True)
