@@ -413,3 +413,20 @@ def test_training_speed_benchmark_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["simclr", "clip", "mae"]
     assert all(r["images_per_s"] > 0 for r in rows) and rows[2]["unmasked_images_per_s"] > 0
+
+
+def test_plan_quick_sets_what_is_not_given(tmp_path):
+    """`--plan quick` is the method's plan of training/quick.py; options given beside it win."""
+    from lens_training.quick import PLANS
+
+    run = tmp_path / "run"
+    result = lens(
+        *("train", "barlow", "--data", "digits", "--plan", "quick", "--device", "cpu"),
+        *("--steps", "2", "--batch-size", "32", "--holdout", "300", "--out", str(run)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = torch.load(run / "checkpoint.pt", weights_only=False)["config"]
+    plan = PLANS["barlow"]
+    assert (saved["steps"], saved["batch_size"]) == (2, 32)
+    for key in ("arch", "lr", "optimizer", "projector_dim"):
+        assert saved[key] == plan[key], key

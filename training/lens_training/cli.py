@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import click
 import typer
 
 from lens_client.cli_common import Repo, fail
@@ -133,7 +132,7 @@ def train(
     from_plan = {  # a plan's setting where its option was left at the default
         key: value
         for key, value in planned.items()
-        if ctx.get_parameter_source(key) is click.core.ParameterSource.DEFAULT
+        if _defaulted(ctx, key)
     }
     if if_missing and export and _existing(repo, export):
         return
@@ -237,6 +236,13 @@ def _quantize(
         return Quantize(scheme, chosen, gate)
     except ValueError as e:
         fail(str(e), 2)
+
+
+def _defaulted(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was left at its default (not given on the command line or in
+    the environment). By the source's name: typer's click is not always the `click` module."""
+    source = ctx.get_parameter_source(name)
+    return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
 
 
 def export_command(
