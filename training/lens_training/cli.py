@@ -130,9 +130,7 @@ def train(
     except ValueError as e:
         fail(str(e), 2)
     from_plan = {  # a plan's setting where its option was left at the default
-        key: value
-        for key, value in planned.items()
-        if _defaulted(ctx, key)
+        key: value for key, value in planned.items() if _defaulted(ctx, key)
     }
     if if_missing and export and _existing(repo, export):
         return
