@@ -20,54 +20,29 @@ from __future__ import annotations
 
 from typing import Any
 
+# The two-view methods on the tiny ResNet: SimCLR's schedule, each with its own loss settings.
+_TWO_VIEW: dict[str, Any] = {
+    "arch": "lens-tiny-resnet",
+    "steps": 230,
+    "batch_size": 256,
+    "lr": 2e-3,
+    "optimizer": "adamw",
+}
+
 PLANS: dict[str, dict[str, Any]] = {
     "clip": {"arch": "lens-tiny-clip-digits", "steps": 900, "batch_size": 128, "lr": 2e-3},
-    "simclr": {
-        "arch": "lens-tiny-resnet",
-        "steps": 230,
-        "batch_size": 256,
-        "lr": 2e-3,
-        "optimizer": "adamw",
-        "temperature": 0.2,
-    },
+    "simclr": {**_TWO_VIEW, "temperature": 0.2},
     "mae": {"arch": "lens-tiny-vit", "steps": 1200, "batch_size": 256, "lr": 3e-3},
     "moco": {
-        "arch": "lens-tiny-resnet",
-        "steps": 230,
-        "batch_size": 256,
-        "lr": 2e-3,
-        "optimizer": "adamw",
+        **_TWO_VIEW,
         "projector_dim": 512,
         "queue": 1024,
         "momentum": 0.9,
         "momentum_end": 0.99,
     },
-    "byol": {
-        "arch": "lens-tiny-resnet",
-        "steps": 230,
-        "batch_size": 256,
-        "lr": 2e-3,
-        "optimizer": "adamw",
-        "projector_dim": 512,
-        "momentum": 0.9,
-        "momentum_end": 0.99,
-    },
-    "barlow": {
-        "arch": "lens-tiny-resnet",
-        "steps": 230,
-        "batch_size": 256,
-        "lr": 2e-3,
-        "optimizer": "adamw",
-        "projector_dim": 512,
-    },
-    "vicreg": {
-        "arch": "lens-tiny-resnet",
-        "steps": 230,
-        "batch_size": 256,
-        "lr": 2e-3,
-        "optimizer": "adamw",
-        "projector_dim": 512,
-    },
+    "byol": {**_TWO_VIEW, "projector_dim": 512, "momentum": 0.9, "momentum_end": 0.99},
+    "barlow": {**_TWO_VIEW, "projector_dim": 512},
+    "vicreg": {**_TWO_VIEW, "projector_dim": 512},
 }
 
 
