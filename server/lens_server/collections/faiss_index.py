@@ -307,19 +307,15 @@ class VectorIndex:
         present, vectors = self.vectors_of(np.unique(candidates[candidates >= 0]).tolist())
         order = np.argsort(present)
         present, vectors = np.asarray(present, np.int64)[order], vectors[order]
-        at = np.clip(np.searchsorted(present, candidates), 0, max(len(present) - 1, 0))
-        valid = candidates >= 0
-        if len(present):
-            valid &= present[at] == candidates
-        else:
-            valid[:] = False
         worst = np.finfo(np.float32).max * (1 if self.l2 else -1)
         scores = np.full((len(queries), k), worst, np.float32)
         found = np.full((len(queries), k), -1, np.int64)
+        if not len(present):  # nothing found (or all removed meanwhile)
+            return scores, found
+        at = np.minimum(np.searchsorted(present, candidates), len(present) - 1)
+        valid = (candidates >= 0) & (present[at] == candidates)  # (n, candidates)
         for s in range(0, len(queries), 64):  # (64, candidates, dim) at a time
-            own = vectors[at[s : s + 64]] if len(present) else None
-            if own is None:
-                break
+            own = vectors[at[s : s + 64]]
             query = queries[s : s + 64, None, :]
             score = ((own - query) ** 2).sum(-1) if self.l2 else (own * query).sum(-1)
             score = np.where(valid[s : s + 64], score, worst)
