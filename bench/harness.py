@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -140,3 +141,17 @@ def hot_frames(stacks: Path, top: int = 15) -> list[tuple[str, float]]:
 def _idle(frame: str) -> bool:
     """Threads parked in a wait (thread pools, the gRPC poller, queues) rather than working."""
     return any(word in frame for word in ("wait (threading", "_worker (concurrent", "select ("))
+
+
+def paired_parser(doc: str | None, waves: int, waves_help: str) -> argparse.ArgumentParser:
+    """The options every paired-wave benchmark takes (bench/http_grpc.py, kserve.py,
+    ops_overhead.py): the model, request size, concurrency and the number of waves."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--repo", type=Path, default=Path("models"))
+    parser.add_argument("--model", default="clip-vit-b-32")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test model, small sizes")
+    parser.add_argument("--batch", type=int, default=16, help="inputs per request")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent requests")
+    parser.add_argument("--waves", type=int, default=waves, help=waves_help)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser

@@ -34,7 +34,7 @@ import grpc
 import httpx
 import numpy as np
 from gpu import TINY, model_repository
-from harness import Served, hot_frames, machine, sampled, save, serve
+from harness import Served, hot_frames, machine, paired_parser, sampled, save, serve
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from serve import batches, jpeg_inputs, text_inputs
 
@@ -203,17 +203,8 @@ def measure(lens: Transports, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--repo", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="clip-vit-b-32")
-    parser.add_argument("--tiny", action="store_true", help="the tiny test model, small sizes")
-    parser.add_argument("--batch", type=int, default=16, help="inputs per request")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent requests")
-    parser.add_argument("--waves", type=int, default=8, help="turns of each way of sending")
+    parser = paired_parser(__doc__, 8, "turns of each way of sending")
     parser.add_argument("--latency-requests", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--profile", type=Path, default=None, help="the server's sampled stacks (py-spy)"
     )

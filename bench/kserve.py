@@ -32,7 +32,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from gpu import TINY, model_repository
-from harness import Served, machine, save, serve
+from harness import Served, machine, paired_parser, save, serve
 from http_grpc import Call, latencies, throughput
 from lens.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from serve import batches, jpeg_inputs, text_inputs
@@ -142,17 +142,8 @@ def measure(ways: Ways, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--repo", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="clip-vit-b-32")
-    parser.add_argument("--tiny", action="store_true", help="the tiny test model, small sizes")
-    parser.add_argument("--batch", type=int, default=16, help="inputs per request")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent requests")
-    parser.add_argument("--waves", type=int, default=6, help="turns of each way of sending")
+    parser = paired_parser(__doc__, 6, "turns of each way of sending")
     parser.add_argument("--latency-requests", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.tiny:
         args.repo = Path(tempfile.mkdtemp(prefix="bench-kserve-"))

@@ -36,7 +36,7 @@ import grpc
 import httpx
 import numpy as np
 from gpu import TINY, model_repository
-from harness import RESULTS, Served, hot_frames, machine, sampled, save, serve
+from harness import RESULTS, Served, hot_frames, machine, paired_parser, sampled, save, serve
 from http_grpc import Call, Transports, throughput
 from serve import batches, jpeg_inputs, text_inputs
 
@@ -153,22 +153,13 @@ def _in_turn(call: Call, requests: list[Any], repeat: int) -> tuple[Call, list[A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--repo", type=Path, default=Path("models"))
-    parser.add_argument("--model", default="clip-vit-b-32")
-    parser.add_argument("--tiny", action="store_true", help="the tiny test model, small sizes")
-    parser.add_argument("--batch", type=int, default=16, help="inputs per request")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent requests")
-    parser.add_argument("--waves", type=int, default=8, help="turns of each server, per pair")
+    parser = paired_parser(__doc__, 8, "turns of each server, per pair")
     parser.add_argument(
         "--repeat",
         type=int,
         default=1,
         help="requests each client sends one after another per wave (longer waves, fast models)",
     )
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--profile", type=Path, default=None, help="folder for both servers' stacks (py-spy)"
     )
