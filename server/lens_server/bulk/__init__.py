@@ -1,0 +1,1 @@
+"""Bulk embedding on Ray Data: `lens bulk embed` and `lens index import`."""
