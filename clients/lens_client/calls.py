@@ -37,6 +37,8 @@ class Calls(CollectionCalls, ClassifyCalls):
     `model` is `NAME[:VERSION]`, the default for every call; None: the server's default.
     `api_key` is sent with every call as `authorization: Bearer KEY` metadata; None: the
     LENS_API_KEY environment variable, if set.
+    `server` is HOST:PORT, or several, comma-separated: replicas that the calls are spread
+    over (gRPC's round robin; a replica that goes away is skipped while the others answer).
     TLS: `tls_ca` names PEM CA certificates to trust (None: LENS_TLS_CA, if set), `tls=True`
     trusts the system's store, and `tls_cert` with `tls_key` present a client certificate
     (mutual TLS); each implies TLS. None of them: plain text.
@@ -60,8 +62,9 @@ class Calls(CollectionCalls, ClassifyCalls):
         self.timeout = timeout
         self._metadata = codec.call_metadata(api_key)
         credentials = codec.channel_credentials(tls, tls_ca, tls_cert, tls_key)
-        options = codec.channel_options(retries)
-        self._channel = self._connect(self.address, options, credentials)
+        target, balancing = codec.channel_target(self.address)
+        options = codec.channel_options(retries) + balancing
+        self._channel = self._connect(target, options, credentials)
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -128,16 +128,22 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 @contextmanager
-def connect(server: str, api_key: str | None = None, **options: Any) -> Iterator[LensClient]:
-    """A client whose refusals (and bad arguments) end the command with one line; over TLS
-    where the command's TLS options say so."""
+def connect(
+    server: str,
+    api_key: str | None = None,
+    *,
+    refused: Callable[[str], str] = str,
+    **options: Any,
+) -> Iterator[LensClient]:
+    """A client whose refusals (and bad arguments) end the command with one line, the
+    refusal's message as `refused` words it; over TLS where the command's TLS options say so."""
     from lens_client.client import LensClient
 
     try:
         with LensClient(server, api_key=api_key, **(_command_tls.get() or {}), **options) as client:
             yield client
     except (codec.LensClientError, ValueError) as e:
-        fail(str(e))
+        fail(refused(str(e)))
 
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lens_client import codec
-from lens_client.cli_common import ApiKey, Server, app, connect, models_app, tls_options
+from lens_client.cli_common import ApiKey, Server, app, connect, fail, models_app, tls_options
+
+if TYPE_CHECKING:
+    from lens_client.client import LensClient
 
 KeepCollections = Annotated[
     bool,
@@ -82,6 +86,17 @@ def models_reload(
         _print_models(client.reload_models(), as_json)
 
 
+Servers = Annotated[
+    str | None,
+    typer.Option(
+        "--servers",
+        show_default=False,
+        help="Replicas HOST:PORT,HOST:PORT,...: deploy to each in turn, each serving the new "
+        "version before the next is asked (a rolling deploy); stops at the first that fails.",
+    ),
+]
+
+
 @app.command()
 @tls_options
 def deploy(
@@ -89,11 +104,17 @@ def deploy(
     version: Annotated[int, typer.Argument(help="The version to serve; 0: the newest.")] = 0,
     keep_collections: KeepCollections = False,
     server: Server = codec.DEFAULT_SERVER,
+    servers: Servers = None,
     api_key: ApiKey = None,
 ) -> None:
     """Serve another version of a model with no failed request; collections follow."""
-    with connect(server, api_key=api_key, timeout=600) as client:
-        _print_deploy(client.deploy(name, version, keep_collections=keep_collections))
+    _roll(
+        servers or server,
+        api_key,
+        lambda client: client.deploy(name, version, keep_collections=keep_collections),
+        name,
+        keep_collections,
+    )
 
 
 @app.command()
@@ -102,17 +123,56 @@ def rollback(
     name: Annotated[str, typer.Argument(help="The model.")],
     keep_collections: KeepCollections = False,
     server: Server = codec.DEFAULT_SERVER,
+    servers: Servers = None,
     api_key: ApiKey = None,
 ) -> None:
     """Serve again the version that served before the current one."""
-    with connect(server, api_key=api_key, timeout=600) as client:
-        _print_deploy(client.rollback(name, keep_collections=keep_collections))
+    _roll(
+        servers or server,
+        api_key,
+        lambda client: client.rollback(name, keep_collections=keep_collections),
+        name,
+        keep_collections,
+    )
 
 
-def _print_deploy(result: dict[str, Any]) -> None:
+def _roll(
+    servers: str,
+    api_key: str | None,
+    first: Callable[[LensClient], dict[str, Any]],
+    name: str,
+    keep_collections: bool,
+) -> None:
+    """`first` on the first replica, then the version it chose deployed on each other one in
+    turn, so that every replica ends on the same version (a replica's "newest" or "previous"
+    is not asked again). Each call returns once that replica serves the version."""
+    try:
+        replicas = codec.replicas(servers)
+    except ValueError as e:
+        fail(str(e), 2)
+    version, done = 0, list[str]()
+    for i, address in enumerate(replicas):
+        label = f"{address}: " if len(replicas) > 1 else ""
+        moved = f"; {', '.join(done)} already on version {version}" if done else ""
+        left = f"; not asked: {', '.join(replicas[i + 1 :])}" if i + 1 < len(replicas) else ""
+
+        def refused(message: str, label: str = label, after: str = moved + left) -> str:
+            return f"{label}{message}{after}"
+
+        with connect(address, api_key=api_key, timeout=600, refused=refused) as client:
+            if done:
+                result = client.deploy(name, version, keep_collections=keep_collections)
+            else:
+                result = first(client)
+        version = result["version"]
+        done.append(address)
+        _print_deploy(result, label)
+
+
+def _print_deploy(result: dict[str, Any], label: str = "") -> None:
     load = f"loaded in {result['load_seconds']:.2f} s, " if result["load_seconds"] else ""
     typer.echo(
-        f"{result['model']}: version {result['version']} serving "
+        f"{label}{result['model']}: version {result['version']} serving "
         f"(was {result['previous_version'] or 'none'}; {load}"
         f"switched in {1000 * result['swap_seconds']:.2f} ms)"
     )

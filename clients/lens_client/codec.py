@@ -8,6 +8,7 @@ import inspect
 import io
 import json
 import os
+import socket
 import types
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -157,6 +158,47 @@ class Embeddings:
 
 def server_address(server: str | None) -> str:
     return server or os.environ.get("LENS_SERVER") or DEFAULT_SERVER
+
+
+def replicas(server: str) -> list[str]:
+    """The HOST:PORT addresses of `server`, a comma-separated list of lens replicas."""
+    addresses = [a.strip() for a in server.split(",")]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"server address {address!r} is not HOST:PORT")
+    return addresses
+
+
+def channel_target(server: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target of `server`, and the channel options it needs.
+
+    One address (or a gRPC target such as `dns:///lens.svc:50051`) is used as it is. Several,
+    comma-separated, are replicas the channel balances with gRPC's `round_robin` policy: their
+    hosts are resolved here, once, into one static `ipv4:`/`ipv6:` target (gRPC's own resolver
+    for a list takes only IP literals), and TLS checks the certificate against the first host.
+    """
+    if "," not in server:
+        return server, []
+    resolved, family = [], None
+    for address in replicas(server):
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise ValueError(f"server address {address!r}: {e.strerror}") from None
+        kind, *_, (ip, *_) = info[0]
+        if family not in (None, kind):
+            raise ValueError(f"server addresses mix IPv4 and IPv6 ({server!r}): use one family")
+        family = kind
+        resolved.append(f"[{ip}]:{port}" if kind == socket.AF_INET6 else f"{ip}:{port}")
+    scheme = "ipv6" if family == socket.AF_INET6 else "ipv4"
+    first_host = replicas(server)[0].rpartition(":")[0].strip("[]")
+    return f"{scheme}:{','.join(resolved)}", [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.default_authority", first_host),
+    ]
 
 
 def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
