@@ -45,7 +45,7 @@ WORDS = [
     "coin",
     "moon",
 ]
-THUMBNAIL = "/v1/collections/{collection}/items/{item}/thumbnail"
+THUMBNAIL = "/v1/collections/{collection}/items/{item:path}/thumbnail"
 
 
 def fill(http: httpx.Client, name: str, model: str, items: int) -> None:

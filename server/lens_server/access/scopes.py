@@ -86,7 +86,7 @@ HTTP: dict[tuple[str, str], str] = {
     ("POST", "/v1/collections/{collection}/search"): EMBED,
     ("POST", "/v1/collections/{collection}/search/batch"): EMBED,
     ("POST", "/v1/collections/{collection}/duplicates"): EMBED,
-    ("GET", "/v1/collections/{collection}/items/{item}/thumbnail"): EMBED,
+    ("GET", "/v1/collections/{collection}/items/{item:path}/thumbnail"): EMBED,
     ("GET", "/v1/collections/{collection}/map"): EMBED,
     ("GET", "/v1/models"): EMBED,
     ("GET", "/v1/models/{name}"): EMBED,
@@ -131,7 +131,11 @@ HTTP: dict[tuple[str, str], str] = {
 
 
 def _pattern(path: str) -> re.Pattern[str]:
-    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$")
+    """A route's path as a regular expression: a parameter is one segment, or several where
+    it is a `{name:path}` (as Starlette matches them)."""
+    escaped = re.escape(path)
+    escaped = re.sub(r"\\\{[^}:]+:path\\\}", ".+", escaped)
+    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", escaped) + "$")
 
 
 # Paths with parameters, tried in order after an exact match fails.

@@ -3,30 +3,40 @@ sources, and a 2-D map of its vectors (what the web page draws).
 
 A collection keeps each item's source (the image bytes or the text it was embedded from; none
 for items written as bare vectors), so a thumbnail is that source decoded and resized; a
-text's thumbnail is the text drawn on a card. The map is a PCA projection (Pearson, 1901) of
-up to `MAP_LIMIT` vectors, a seeded uniform sample beyond, cached until the collection is
-written to or swaps model versions.
+text's thumbnail is the text drawn on a card. The map is a projection of up to `MAP_LIMIT`
+vectors (a seeded uniform sample beyond) on two axes: PCA (Pearson, 1901), or UMAP (McInnes,
+Healy & Melville, 2018, arXiv:1802.03426) where `umap-learn` is installed (the `umap` extra);
+each is cached until the collection is written to or swaps model versions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import io
 import textwrap
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from lens_server.collections import Collection, Collections
+from lens_server.collections import AnyCollection, Collections
 from lens_server.errors import FailedPrecondition, InvalidInput, NotFound
 
 MAP_LIMIT = 10_000
 THUMBNAIL_SIZES = (16, 1024)  # least and most pixels of a thumbnail's longer side
 _THUMBNAILS_KEPT = 1024  # thumbnails kept in memory, least recently used dropped first
+PROJECTIONS = ("pca", "umap")
+_UMAP_NEIGHBOURS = 15  # umap-learn's default: the size of the neighbourhood it keeps
+
+
+def projections() -> tuple[str, ...]:
+    """The projections this server can make: PCA always, UMAP where umap-learn is installed."""
+    return PROJECTIONS if importlib.util.find_spec("umap") is not None else PROJECTIONS[:1]
 
 
 @dataclass(frozen=True)
@@ -41,27 +51,31 @@ class Thumbnail:
 
 @dataclass(frozen=True)
 class CollectionMap:
-    """The collection's items projected on their first two principal components.
+    """The collection's items projected on two axes, by `method` (pca or umap).
 
-    Shape: `xy` (n, 2), scaled so the largest absolute coordinate is 1; `ids` and
-    `metadata` (JSON texts) n each, in the same order.
+    Shape: `xy` (n, 2), centred and scaled so the largest absolute coordinate is 1; `ids`
+    and `metadata` (JSON texts) n each, in the same order.
     """
 
     ids: list[str]
     xy: np.ndarray
     metadata: list[str]
     total: int  # items in the collection; n < total when sampled
-    explained: tuple[float, float]  # share of the variance along each axis
+    explained: tuple[float, ...]  # PCA: share of the variance along each axis; UMAP: none
     version: int  # the model version of the vectors
     seq: int  # the collection's write sequence number the map was made at
+    method: str = "pca"
 
 
 class Browsing:
     def __init__(self, collections: Collections) -> None:
         self.collections = collections
-        # By name: the collection object it was made of (one dropped and made again under
-        # the same name is another), and the map.
-        self._maps: dict[str, tuple[Collection, CollectionMap]] = {}
+        # By name and method: the collection object it was made of (one dropped and made
+        # again under the same name is another), and the map.
+        self._maps: dict[tuple[str, str], tuple[AnyCollection, CollectionMap]] = {}
+        # One computation per map at a time: a UMAP layout takes seconds to minutes, and the
+        # requests that arrive meanwhile wait for it rather than start their own.
+        self._making: dict[tuple[str, str], asyncio.Lock] = {}
         self._thumbnails: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -100,16 +114,26 @@ class Browsing:
                     self._thumbnails.popitem(last=False)
         return Thumbnail(kept[0], kept[1], etag)
 
-    async def map(self, name: str) -> CollectionMap:
-        """The collection's 2-D map, made again only when it has changed since the last."""
+    async def map(self, name: str, method: str = "pca") -> CollectionMap:
+        """The collection's 2-D map by `method`, made again only when the collection has
+        changed since the last."""
+        if method not in PROJECTIONS:
+            raise InvalidInput(f"method must be one of {', '.join(PROJECTIONS)}, got {method!r}")
+        if method not in projections():
+            raise FailedPrecondition(
+                f"the {method} map needs umap-learn, which this server does not have: "
+                "pip install 'lens[umap]'"
+            )
         collection = self.collections.get(name)
-        seq, version = collection.store.seq(), collection.spec.version
-        of, cached = self._maps.get(name, (None, None))
-        if of is collection and cached and (cached.seq, cached.version) == (seq, version):
-            return cached
-        made = await asyncio.to_thread(_project, collection, seq, version)
-        self._maps[name] = (collection, made)
-        return made
+        key = (name, method)
+        async with self._making.setdefault(key, asyncio.Lock()):
+            seq, version = collection.store.seq(), collection.spec.version
+            of, cached = self._maps.get(key, (None, None))
+            if of is collection and cached and (cached.seq, cached.version) == (seq, version):
+                return cached
+            made = await asyncio.to_thread(_project, collection, seq, version, method)
+            self._maps[key] = (collection, made)
+            return made
 
 
 def _image_thumbnail(source: bytes, size: int) -> tuple[bytes, str]:
@@ -143,8 +167,9 @@ def _text_thumbnail(source: bytes, size: int) -> tuple[bytes, str]:
     return buffer.getvalue(), "image/png"
 
 
-def _project(collection: Collection, seq: int, version: int) -> CollectionMap:
-    """PCA of the collection's vectors (a seeded sample of `MAP_LIMIT` beyond that many)."""
+def _project(collection: AnyCollection, seq: int, version: int, method: str) -> CollectionMap:
+    """The collection's vectors (a seeded sample of `MAP_LIMIT` beyond that many) on two
+    axes by `method`."""
     store = collection.store
     total = store.count()
     keep = min(1.0, MAP_LIMIT / total) if total else 1.0
@@ -156,20 +181,17 @@ def _project(collection: Collection, seq: int, version: int) -> CollectionMap:
         rows.append(batch_rows[chosen])
         vectors.append(batch[chosen])
     if not rows or not sum(len(r) for r in rows):
-        return CollectionMap([], np.zeros((0, 2), np.float32), [], 0, (0.0, 0.0), version, seq)
+        empty = np.zeros((0, 2), np.float32)
+        return CollectionMap([], empty, [], 0, (), version, seq, method)
     every_row = np.concatenate(rows)[:MAP_LIMIT]  # (n,)
     x = np.concatenate(vectors)[:MAP_LIMIT].astype(np.float64)  # (n, dim)
-    x -= x.mean(axis=0)
-    covariance = x.T @ x / max(1, len(x) - 1)  # (dim, dim)
-    values, axes = np.linalg.eigh(covariance)  # ascending
-    top = axes[:, ::-1][:, :2]  # (dim, 2)
-    xy = x @ top  # (n, 2)
-    if xy.shape[1] < 2:  # a 1-d collection
-        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    explained: tuple[float, ...] = ()
+    if method == "umap":
+        xy = _umap(x, seq)
+    else:
+        xy, explained = _pca(x)
+    xy -= xy.mean(axis=0)
     scale = float(np.abs(xy).max()) or 1.0
-    variance = float(values.sum()) or 1.0
-    shares = values[::-1][:2] / variance
-    explained = (float(shares[0]), float(shares[1]) if len(shares) > 1 else 0.0)
     names = store.by_rows(every_row.tolist())
     present = [i for i, r in enumerate(every_row.tolist()) if r in names]
     return CollectionMap(
@@ -180,4 +202,38 @@ def _project(collection: Collection, seq: int, version: int) -> CollectionMap:
         explained=explained,
         version=version,
         seq=seq,
+        method=method,
     )
+
+
+def _pca(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """(n, dim) → (n, 2) on the first two principal components, and the share of the
+    variance along each."""
+    x = x - x.mean(axis=0)
+    covariance = x.T @ x / max(1, len(x) - 1)  # (dim, dim)
+    values, axes = np.linalg.eigh(covariance)  # ascending
+    xy = x @ axes[:, ::-1][:, :2]  # (n, 2)
+    if xy.shape[1] < 2:  # a 1-d collection
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    shares = values[::-1][:2] / (float(values.sum()) or 1.0)
+    return xy, (float(shares[0]), float(shares[1]) if len(shares) > 1 else 0.0)
+
+
+def _umap(x: np.ndarray, seed: int) -> np.ndarray:
+    """(n, dim) → (n, 2) by UMAP on cosine distances, seeded (so one collection state gives
+    one layout; a seed makes umap-learn run on one thread)."""
+    import umap  # the `umap` extra; checked by `projections()` before this runs
+
+    n = len(x)
+    if n < 3:
+        raise FailedPrecondition(f"a UMAP map needs at least 3 items, the collection has {n}")
+    settings: dict[str, Any] = {
+        "n_components": 2,
+        "n_neighbors": min(_UMAP_NEIGHBOURS, n - 1),
+        "metric": "cosine",
+        "random_state": seed,
+        "n_jobs": 1,
+        # A spectral start needs a graph large enough to have its eigenvectors.
+        "init": "spectral" if n > 4 * _UMAP_NEIGHBOURS else "random",
+    }
+    return np.asarray(umap.UMAP(**settings).fit_transform(x), dtype=np.float64)

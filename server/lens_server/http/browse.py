@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from pydantic import BaseModel
 
 from lens_server.core import Core
-from lens_server.core.browse import THUMBNAIL_SIZES
+from lens_server.core.browse import PROJECTIONS, THUMBNAIL_SIZES, projections
 from lens_server.http.errors import RESPONSES
 from lens_server.http.state import core_of
 
@@ -44,12 +44,15 @@ class MapOut(BaseModel):
     seq: int  # the collection's write sequence number the map was made at
     total: int  # items in the collection
     sampled: bool  # points are a sample of the items
-    explained: list[float]  # share of the variance along x and y
+    method: str  # the projection: pca or umap
+    methods: list[str]  # the projections this server can make
+    explained: list[float]  # PCA: share of the variance along x and y; UMAP: empty
     points: list[MapPoint]
 
 
+# `path`: an item's id may hold slashes (a file's path, say); the page sends them escaped.
 @router.get(
-    "/v1/collections/{collection}/items/{item}/thumbnail",
+    "/v1/collections/{collection}/items/{item:path}/thumbnail",
     response_class=Response,
     responses=_THUMBNAIL_RESPONSES,
 )
@@ -73,16 +76,29 @@ async def thumbnail(
 
 
 @router.get("/v1/collections/{collection}/map", response_model=MapOut)
-async def collection_map(collection: str, core: CoreDep) -> MapOut:
-    """The items on the first two principal components of their vectors (PCA), up to
-    10,000 of them (a uniform sample beyond); made again once the collection changes."""
-    made = await core.browsing.map(collection)
+async def collection_map(
+    collection: str,
+    core: CoreDep,
+    method: Annotated[
+        str,
+        Query(
+            description=f"The projection: {' or '.join(PROJECTIONS)} (UMAP where the server "
+            "has umap-learn, the `umap` extra)."
+        ),
+    ] = "pca",
+) -> MapOut:
+    """The items on two axes, up to 10,000 of them (a uniform sample beyond): the first two
+    principal components of their vectors (PCA), or a UMAP layout; each made again once the
+    collection changes."""
+    made = await core.browsing.map(collection, method)
     return MapOut(
         collection=collection,
         version=made.version,
         seq=made.seq,
         total=made.total,
         sampled=len(made.ids) < made.total,
+        method=made.method,
+        methods=list(projections()),
         explained=list(made.explained),
         points=[
             MapPoint(id=i, x=float(x), y=float(y), metadata=json.loads(m) if m else {})
