@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from tests.server.test_deploy import add_version, second_checkpoint  # noqa: F40
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
 
 pytestmark = pytest.mark.slow
+# Each replica: small batches, and no repository polling (a deploy reads the repository itself).
+SERVE = ("--max-batch-size", "8", "--poll-s", "0")
 
 
 def free_port() -> int:
@@ -45,7 +48,13 @@ def repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def replicas(repo: Path) -> Iterator[list[ServerProcess]]:
-    servers = [ServerProcess(repo, "--max-batch-size", "8", "--poll-s", "0") for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:  # both start at once
+        started = [pool.submit(ServerProcess, repo, *SERVE) for _ in range(2)]
+    servers = [f.result() for f in started if f.exception() is None]
+    if len(servers) < len(started):
+        for server in servers:
+            server.stop()
+        raise next(e for f in started if (e := f.exception()) is not None)
     yield servers
     for server in servers:
         server.stop()
