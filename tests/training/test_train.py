@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -201,6 +203,47 @@ def test_lens_train_and_export_commands(tmp_path):
     assert "digits-simclr: version 1 written" in result.stdout
     again = lens("export", str(tmp_path / "run"), "--name", "digits-simclr", "--repo", str(repo))
     assert again.returncode == 0 and "version 2 written" in again.stdout
+    assert_watchable(tmp_path / "run", result.stderr, steps=3)
+
+
+def assert_watchable(run: Path, stderr: str, steps: int) -> None:
+    """What a run shows as it goes and leaves behind: a progress bar with the loss, its curves
+    in metrics.jsonl (a record per step, then the final evaluation), report.png and
+    embedding.png."""
+    from PIL import Image
+
+    assert re.search(rf"{steps}/{steps} .*loss=\d", stderr), stderr[-1000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    per_step = [r for r in records if "loss" in r]
+    assert [r["step"] for r in per_step] == list(range(1, steps + 1))
+    assert all(r["lr"] >= 0 and r["images_per_s"] > 0 for r in per_step)
+    assert any(r["lr"] > 0 for r in per_step)
+    assert records[0].get("baseline") and records[-1].get("final")
+    assert "knn_top1" in records[-1]["eval"]
+    for name, size in [("report.png", (1100, 700)), ("embedding.png", (700, 600))]:
+        with Image.open(run / name) as picture:
+            assert picture.format == "PNG" and picture.size == size
+            assert len(picture.getcolors(1 << 16) or range(1 << 16)) > 10  # drawn, not blank
+
+
+def test_quiet_runs_show_no_progress_bar(tmp_path):
+    run = tmp_path / "run"
+    common = ["train", "simclr", "--data", "digits", "--arch", "lens-tiny-vit", "--steps", "2"]
+    result = lens(
+        *common,
+        "--batch-size",
+        "16",
+        "--holdout",
+        "200",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step/s" not in result.stderr and "loss=" not in result.stderr
+    assert (run / "report.png").is_file() and (run / "embedding.png").is_file()
 
 
 def assert_refused(result: subprocess.CompletedProcess, code: int, message: str) -> None:

@@ -110,6 +110,7 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its checkpoint.")
     ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     init: Annotated[str, typer.Option(help="Start from a repository version NAME[:VERSION].")] = "",
     export: Annotated[str, typer.Option(help="Export the result as a new version of NAME.")] = "",
     if_missing: Annotated[
@@ -174,7 +175,7 @@ def train(
             init=init,
             repo=str(repo),
         )
-        result = Trainer(config, resume=resume).run()
+        result = Trainer(config, resume=resume, quiet=quiet).run()
     except TrainError as e:
         fail(str(e))
     summary = {

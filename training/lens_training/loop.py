@@ -24,12 +24,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lens_training import checkpoint, distributed
+from lens_training import checkpoint, distributed, watch
 from lens_training import data as datasets
 from lens_training.checkpoint import CHECKPOINT, FORMAT
 from lens_training.config import TrainConfig, TrainError
 from lens_training.encoders import image_spec_of_arch, load_arch
-from lens_training.evaluate import evaluate
+from lens_training.evaluate import evaluate, features
 from lens_training.methods import Method, build
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Trains `config.method` and writes `out/checkpoint.pt` and `out/metrics.jsonl`."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
         self.out = Path(config.out)
+        self.quiet = quiet  # no progress bar
         if resume:
             config = self._resumed_config(config)
         self.config = config = config.defaults()
@@ -199,7 +200,7 @@ class Trainer:
         bar = tqdm(
             total=self.total,
             initial=self.step,
-            disable=not distributed.is_main(),
+            disable=self.quiet or not distributed.is_main(),
             unit="step",
             dynamic_ncols=True,
         )
@@ -234,7 +235,21 @@ class Trainer:
         }
         self._log({"step": self.step, "eval": result["eval"], "final": True})
         self.save(result)
+        self._pictures()
         return result
+
+    def _pictures(self) -> None:
+        """`report.png` from the run's records, `embedding.png` from the held-out features."""
+        if not distributed.is_main():
+            return
+        title = f"lens train {self.config.method} on {self.config.data} ({self.arch_name})"
+        watch.report(self.out, title)  # from metrics.jsonl: a resumed run's earlier steps too
+        test = self.test_set
+        if test is not None and test.labels is not None:
+            self.method.eval()
+            with torch.no_grad():
+                held_out = features(self.method, test).float().numpy()
+            watch.embedding(self.out, held_out, test.labels.numpy(), test.classes, title)
 
     def _train_step(self) -> float:
         config = self.config
