@@ -39,14 +39,29 @@ def index_create(
             "flat only, rescored exactly from the stored vectors)."
         ),
     ] = "float32",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Where the collection lives: faiss (this server) or milvus (the server's "
+            "Milvus engine, --milvus-uri)."
+        ),
+    ] = "faiss",
     server: Server = codec.DEFAULT_SERVER,
     api_key: ApiKey = None,
 ) -> None:
     """Create a collection pinned to a model version (or of raw vectors with --dim)."""
+    if backend not in ("faiss", "milvus"):
+        fail(f"--backend must be faiss or milvus, got {backend!r}", 2)
     with connect(server, api_key=api_key) as client:
         print_json(
             client.create_collection(
-                name, model=model, index=index_type, metric=metric, dim=dim, storage=storage
+                name,
+                model=model,
+                index=index_type,
+                metric=metric,
+                dim=dim,
+                storage=storage,
+                backend=backend,
             )
         )
 

@@ -43,12 +43,14 @@ class CollectionCalls:
         index: str = "auto",
         dim: int = 0,
         storage: str = "",
+        backend: str = "",
         **params: int,
     ) -> Call[dict[str, Any]]:
         """A new collection pinned to `model` (`NAME[:VERSION]`, default: the server's
         default model), or of raw vectors of length `dim`. `storage`: how its index holds
-        vectors (float32, float16, int8 or binary; '': float32). `params`: IndexSpec fields
-        such as `hnsw_m=32`, `ivf_nlist=1024`, `pq_m=64`."""
+        vectors (float32, float16, int8 or binary; '': float32). `backend`: where it lives
+        (faiss or milvus; '': faiss). `params`: IndexSpec fields such as `hnsw_m=32`,
+        `ivf_nlist=1024`, `pq_m=64`."""
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {', '.join(_METRICS)}")
         request = index_pb2.CreateCollectionRequest(
@@ -56,7 +58,7 @@ class CollectionCalls:
             metric=_METRICS[metric],
             dim=dim,
             model=codec.parse_model(model) if not dim or model else common_pb2.ModelRef(),
-            index=index_pb2.IndexSpec(type=index, storage=storage, **params),
+            index=index_pb2.IndexSpec(type=index, storage=storage, backend=backend, **params),
         )
         return Call(self._index.CreateCollection, request, collection_dict, self.timeout)
 
@@ -242,6 +244,7 @@ def collection_dict(info: index_pb2.CollectionInfo) -> dict[str, Any]:
         "built": info.built_type,
         "storage": info.index.storage or "float32",
         "built_storage": info.built_storage,
+        "backend": info.backend or "faiss",
         "count": info.count,
         "memory_bytes": info.memory_bytes,
         "seq": info.seq,

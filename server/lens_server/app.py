@@ -24,6 +24,7 @@ from lens.v1 import (
 from lens_server.access.gate import Gate
 from lens_server.classifiers import ClassifierStore
 from lens_server.collections import Collections
+from lens_server.collections.milvus_engine import MilvusEngine
 from lens_server.config import ServerConfig
 from lens_server.core import Core
 from lens_server.deploy import Deployments
@@ -77,7 +78,8 @@ class LensServer:
         # Prometheus metrics on a registry of this server's own; none with --no-metrics.
         self.metrics = Metrics() if config.metrics else None
         self.registry = Registry(Repository(config.repo), config, self._decode_pool, self.metrics)
-        self.collections = Collections(config.collections)
+        milvus = MilvusEngine(config.milvus_uri) if config.milvus_uri else None
+        self.collections = Collections(config.collections, milvus)
         self.classifiers = ClassifierStore(config.repo)
         self.deployments = Deployments(self.registry, self.collections, self.classifiers)
         self.core = Core.of(

@@ -74,6 +74,13 @@ def serve(
     collections: Annotated[
         Path, typer.Option(envvar="LENS_COLLECTIONS", help="Folder of the collections.")
     ] = Path("collections"),
+    milvus_uri: Annotated[
+        str,
+        typer.Option(
+            envvar="LENS_MILVUS_URI",
+            help="Milvus for collections created with --backend milvus (http://host:19530).",
+        ),
+    ] = "",
     default_model: Annotated[
         str | None,
         typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
@@ -248,6 +255,7 @@ def serve(
         config = ServerConfig(
             repo=repo,
             collections=collections,
+            milvus_uri=milvus_uri,
             host=host,
             port=port,
             http_port=-1 if no_http else http_port,

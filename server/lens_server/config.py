@@ -159,6 +159,8 @@ class ServerConfig:
     repo: Path = Path("models")
     # Where collections live, one folder each.
     collections: Path = Path("collections")
+    # The Milvus engine of collections with backend "milvus" ('' none): http://host:19530.
+    milvus_uri: str = ""
     host: str = "127.0.0.1"
     port: int = 50051
     # The HTTP/JSON front door, on the same host: 0 any free port, -1 off.

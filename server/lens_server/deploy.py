@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lens_server.classifiers import ClassifierStore, saved_weights
-from lens_server.collections import Collection, Collections
+from lens_server.collections import AnyCollection, Collections
 from lens_server.errors import FailedPrecondition, LensError
 from lens_server.model import Input, LoadedVersion
 from lens_server.registry import Registry
@@ -152,7 +152,7 @@ class Deployments:
         )
         for collection in moving:  # no re-index to an older target may write any more
             await self._halt(collection)
-        begun: list[Collection] = []
+        begun: list[AnyCollection] = []
         try:
             for collection in moving:
                 await asyncio.to_thread(collection.begin_reindex, name, version, dim)
@@ -219,7 +219,7 @@ class Deployments:
 
     # -- re-indexing -------------------------------------------------------------------------
 
-    async def reindex(self, collection: Collection, version: int) -> None:
+    async def reindex(self, collection: AnyCollection, version: int) -> None:
         """Re-embeds a collection with `version` of its model (0: the serving version)."""
         name = collection.spec.model
         if not name:
@@ -237,31 +237,31 @@ class Deployments:
             await asyncio.to_thread(collection.begin_reindex, name, version, model.manifest.dim)
             self._start(collection, version)
 
-    async def forget(self, collection: Collection) -> None:
+    async def forget(self, collection: AnyCollection) -> None:
         """Stops what runs for a collection about to be dropped."""
         await self._halt(collection)
         self.errors.pop(collection.spec.name, None)
 
-    def _start(self, collection: Collection, version: int) -> None:
+    def _start(self, collection: AnyCollection, version: int) -> None:
         name = collection.spec.name
         assert name not in self._reindexes, "halt the running re-index first"
         self.errors.pop(name, None)
         task = asyncio.get_running_loop().create_task(self._drive(collection, version))
         self._reindexes[name] = task
 
-    async def _halt(self, collection: Collection) -> None:
+    async def _halt(self, collection: AnyCollection) -> None:
         """Stops the collection's re-index task, keeping what it did."""
         running = self._reindexes.pop(collection.spec.name, None)
         if running:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
 
-    async def _stop(self, collection: Collection) -> None:
+    async def _stop(self, collection: AnyCollection) -> None:
         """Stops the collection's re-index and drops its shadow."""
         await self._halt(collection)
         await asyncio.to_thread(collection.cancel_reindex)
 
-    async def _drive(self, collection: Collection, version: int) -> None:
+    async def _drive(self, collection: AnyCollection, version: int) -> None:
         """Re-embeds until the collection swaps; errors are recorded and retried."""
         name, model = collection.spec.name, collection.spec.model
         backoff = 0.5
@@ -283,7 +283,7 @@ class Deployments:
         log.info("collection %s re-indexed with %s version %d", name, model, version)
         self.retire(model)
 
-    async def _reindex_pass(self, collection: Collection, model: LoadedVersion) -> bool:
+    async def _reindex_pass(self, collection: AnyCollection, model: LoadedVersion) -> bool:
         while True:
             batch = await asyncio.to_thread(collection.pending_sources, REINDEX_BATCH)
             if not batch:
@@ -305,7 +305,7 @@ class Deployments:
         await asyncio.gather(*self._reindexes.values(), return_exceptions=True)
         self._reindexes.clear()
 
-    def _collections(self) -> list[Collection]:
+    def _collections(self) -> list[AnyCollection]:
         found = []
         for name in self.collections.names():
             try:
@@ -315,7 +315,7 @@ class Deployments:
         return [c for c in found if c.spec.model]
 
 
-def _versions(collection: Collection) -> set[int]:
+def _versions(collection: AnyCollection) -> set[int]:
     """The versions of its model a collection needs: the one it is pinned to, and the one it
     is re-indexing to."""
     target = collection.reindex_target

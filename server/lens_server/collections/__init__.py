@@ -1,13 +1,15 @@
-"""Durable nearest-neighbour collections: SQLite as the source of truth, FAISS for search."""
+"""Durable nearest-neighbour collections: SQLite as the source of truth and FAISS for search,
+or a Milvus engine for both (`backend="milvus"`)."""
 
 from lens_server.collections.collection import Collection, Hit
 from lens_server.collections.faiss_index import IndexConfig
-from lens_server.collections.manager import Collections
+from lens_server.collections.manager import AnyCollection, Collections
 from lens_server.collections.shadow import ReindexState
 from lens_server.collections.spec import CollectionSpec, VersionChanged
 from lens_server.collections.store import NewItem
 
 __all__ = [
+    "AnyCollection",
     "Collection",
     "CollectionSpec",
     "Collections",

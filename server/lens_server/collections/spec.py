@@ -15,6 +15,7 @@ from lens_server.errors import InvalidInput, Unavailable
 from lens_server.vectors import l2_normalize
 
 SPEC = "collection.json"
+BACKENDS = ("faiss", "milvus")
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,14 @@ class CollectionSpec:
     version: int = 0
     index: IndexConfig = field(default_factory=IndexConfig)
     created: float = field(default_factory=time.time)
+    # Where the items live: "faiss" (this server's SQLite + FAISS) or "milvus" (the engine).
+    backend: str = "faiss"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidInput(
+                f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}"
+            )
         if self.metric not in METRICS:
             raise InvalidInput(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if self.dim < 1:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from lens_server.collections import (
-    Collection,
+    AnyCollection,
     Collections,
     CollectionSpec,
     Hit,
@@ -127,9 +127,11 @@ class Indexing:
         model: str = "",
         version: int = 0,
         index: IndexConfig | None = None,
+        backend: str = "faiss",
     ) -> CollectionInfo:
         """A new collection of the vectors of `model:version` (the default model where no
-        model and no `dim` is given), or of bare vectors of `dim` with no model."""
+        model and no `dim` is given), or of bare vectors of `dim` with no model, living in
+        `backend` ("faiss": this server; "milvus": its Milvus engine)."""
         metric = metric or "cosine"
         if metric not in METRICS:
             raise InvalidInput(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
@@ -137,7 +139,7 @@ class Indexing:
             raise InvalidInput(f"dim must be >= 0, got {dim}")
         index = index or IndexConfig()
         if dim and not model:
-            spec = CollectionSpec(name, dim, metric, index=index)
+            spec = CollectionSpec(name, dim, metric, index=index, backend=backend)
         else:
             loaded = self.registry.resolve(model, version)
             if dim and dim != loaded.manifest.dim:
@@ -145,7 +147,13 @@ class Indexing:
                     f"dim {dim} does not match model {loaded.name}'s {loaded.manifest.dim}"
                 )
             spec = CollectionSpec(
-                name, loaded.manifest.dim, metric, loaded.name, loaded.version, index
+                name,
+                loaded.manifest.dim,
+                metric,
+                loaded.name,
+                loaded.version,
+                index,
+                backend=backend,
             )
         collection = await asyncio.to_thread(self.collections.create, spec)
         return await self.describe(collection.spec.name)
@@ -278,7 +286,7 @@ class Indexing:
 
     async def _vectors(
         self,
-        collection: Collection,
+        collection: AnyCollection,
         contents: list[tuple[str, Any]],
         deadline: float | None,
         what: str = "item",
@@ -324,7 +332,7 @@ class Indexing:
 
 
 async def _at_current_version(
-    collection: Collection, attempt: Callable[[int], Awaitable[T]]
+    collection: AnyCollection, attempt: Callable[[int], Awaitable[T]]
 ) -> tuple[T, int]:
     """`attempt(version)` with the collection's model version, and that version; run again
     with the new one (at most `_ATTEMPTS` times in all) when the collection swaps meanwhile."""

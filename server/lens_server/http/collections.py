@@ -57,6 +57,10 @@ class CreateCollectionRequest(BaseModel):
         default=None, description="NAME or NAME:VERSION; neither this nor dim: the default."
     )
     index: IndexSpec = Field(default_factory=IndexSpec)
+    backend: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description="faiss: this server's SQLite and FAISS; milvus: the server's Milvus engine.",
+    )
 
 
 class ReindexProgress(BaseModel):
@@ -77,6 +81,7 @@ class CollectionOut(BaseModel):
     count: int
     built_type: str
     built_storage: str
+    backend: str
     memory_bytes: int
     snapshot_seq: int
     snapshot_time: float
@@ -110,7 +115,9 @@ async def create_collection(body: CreateCollectionRequest, core: CoreDep) -> Col
     index = body.index.model_dump()
     config = IndexConfig(**{f: v for f, v in index.items() if v})
     name, version = model_ref(body.model)
-    info = await core.indexing.create(body.name, body.dim, body.metric, name, version, config)
+    info = await core.indexing.create(
+        body.name, body.dim, body.metric, name, version, config, backend=body.backend
+    )
     return _collection(info)
 
 
@@ -150,6 +157,7 @@ def _collection(info: CollectionInfo) -> CollectionOut:
         count=info.count,
         built_type=info.built_type,
         built_storage=info.built_storage,
+        backend=spec.backend,
         memory_bytes=info.memory_bytes,
         snapshot_seq=info.snapshot_seq,
         snapshot_time=info.snapshot_time,

@@ -52,7 +52,13 @@ class IndexServicer(index_pb2_grpc.IndexServicer):
             **{f: getattr(index, f) for f in SPEC_FIELDS if getattr(index, f)},
         )
         info = await self.indexing.create(
-            request.name, request.dim, metric, request.model.name, request.model.version, config
+            request.name,
+            request.dim,
+            metric,
+            request.model.name,
+            request.model.version,
+            config,
+            backend=index.backend or "faiss",
         )
         return _info(info)
 
@@ -188,7 +194,12 @@ def _info(info: CollectionInfo) -> index_pb2.CollectionInfo:
         model=_ref(spec.model, spec.version),
         dim=spec.dim,
         metric=_METRIC_ENUMS[spec.metric],
-        index=index_pb2.IndexSpec(type=index.type, **{f: getattr(index, f) for f in SPEC_FIELDS}),
+        index=index_pb2.IndexSpec(
+            type=index.type,
+            backend=spec.backend,
+            **{f: getattr(index, f) for f in SPEC_FIELDS},
+        ),
+        backend=spec.backend,
         reindex=index_pb2.ReindexProgress(
             target=_ref(reindex.model, reindex.version),
             done=reindex.done,

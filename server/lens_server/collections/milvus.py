@@ -1,0 +1,577 @@
+"""A collection that lives in Milvus: the same public surface as `Collection` (upsert, delete,
+get, vectors_of, search, duplicates, describe, the re-index calls, close), so the core and
+both transports use either one.
+
+Milvus is the source of truth and the index: an upsert returns once Milvus acknowledged it
+(its write-ahead log makes it durable), the items' sources are kept there for re-indexing,
+and the spec lives in the engine's meta table (`milvus_engine`). A re-index fills a shadow
+table (the next generation) with the target version's vectors while searches keep answering
+from the serving one; the swap records the new generation, then moves the alias to it.
+Writes are upserts keyed by id, so a retried write is idempotent. Methods block: the server
+calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from lens_server.collections.collection import Hit
+from lens_server.collections.faiss_index import VectorIndex
+from lens_server.collections.milvus_engine import (
+    MAX_SOURCE_BYTES,
+    SOURCE_PIECE,
+    MilvusEngine,
+    Record,
+    alias_name,
+    table_name,
+)
+from lens_server.collections.shadow import ReindexState
+from lens_server.collections.spec import (
+    CollectionSpec,
+    ModelVersion,
+    check_dim,
+    check_queries,
+    check_version,
+)
+from lens_server.collections.store import NewItem, StoredRow
+from lens_server.errors import FailedPrecondition, InvalidInput
+
+_FIELDS = ["id", "vector", "metadata", "source_kind", "source", "written"]
+_BATCH = 1000
+
+
+class MilvusCollection:
+    """One collection in `engine`, described by `record` (see `milvus_engine.Record`)."""
+
+    backend = "milvus"
+    # Seconds a replica trusts the record it read (see `refresh`).
+    FRESH_S = 1.0
+
+    def __init__(self, engine: MilvusEngine, record: Record) -> None:
+        self.engine = engine
+        self._record = record
+        self._write = threading.Lock()
+        self._seq = 0
+        # Rows handed out by `pending_sources`: row → (id, the write it re-embeds).
+        self._pending: dict[int, tuple[str, int]] = {}
+        self._rows: dict[str, int] = {}
+        self._read_at = time.monotonic()
+        self.store = _StoreView(self)
+        engine.point_alias(record.spec.name, record.generation)
+
+    @classmethod
+    def create(cls, engine: MilvusEngine, spec: CollectionSpec) -> MilvusCollection:
+        spec = replace(spec, backend="milvus")
+        engine.create_table(spec, 0, spec.dim)
+        record = Record(spec, 0)
+        engine.save(record)
+        return cls(engine, record)
+
+    @property
+    def spec(self) -> CollectionSpec:
+        return self._record.spec
+
+    def refresh(self, force: bool = False) -> None:
+        """Reads the record again when it is over `FRESH_S` old (or `force`): another replica
+        may have begun, cancelled or finished a re-index meanwhile."""
+        now = time.monotonic()
+        if not force and now - self._read_at < self.FRESH_S:
+            return
+        record = self.engine.record(self.spec.name)
+        self._read_at = now
+        if record is not None and record != self._record:
+            with self._write:
+                self._record = record
+                self._pending.clear()
+                self._rows.clear()
+
+    @property
+    def _table(self) -> str:
+        return alias_name(self.spec.name)
+
+    @property
+    def _shadow(self) -> str | None:
+        record = self._record
+        return table_name(record.spec.name, record.generation + 1) if record.target else None
+
+    def close(self) -> None:
+        """Nothing to flush: Milvus holds every acknowledged write."""
+
+    def drop(self) -> None:
+        record = self._record
+        self.engine.forget(record.spec.name)
+        self.engine.drop_alias(record.spec.name)
+        for generation in (record.generation, record.generation + 1):
+            self.engine.drop_table(record.spec.name, generation)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        items: Sequence[NewItem],
+        next_vectors: tuple[int, np.ndarray] | None = None,
+        version: int | None = None,
+    ) -> int:
+        """Stores `items` (acknowledged by Milvus on return); the write's sequence number."""
+        self.refresh()
+        spec = self.spec
+        for i, item in enumerate(items):
+            if not item.id:
+                raise InvalidInput(f"item {i}: id is empty")
+            if item.source is not None and len(item.source) > MAX_SOURCE_BYTES:
+                raise InvalidInput(
+                    f"item {i}: source of {len(item.source)} bytes is over the milvus "
+                    f"backend's {MAX_SOURCE_BYTES}"
+                )
+        vectors = spec.prepare(np.stack([item.vector for item in items]))
+        target = self._record.target
+        raw = sum(item.source_kind == "vector" for item in items)
+        if target is not None and raw:
+            raise FailedPrecondition(
+                f"collection {spec.name} is being re-indexed with {target.model} version "
+                f"{target.version}: {raw} items given as raw vectors cannot follow it"
+            )
+        next_version, next_ = next_vectors or (None, None)
+        if next_ is not None:
+            next_ = spec.prepare(next_)
+        if next_ is not None and target is None and next_version == spec.version != version:
+            vectors, next_ = next_, None  # swapped after the writer embedded: next is current
+        else:
+            check_version(spec, version)
+        check_dim(vectors, spec.dim, f"collection {spec.name}")
+        with self._write:
+            written = time.time_ns() // 1000
+            self._seq = max(self._seq + 1, written)
+            rows = [_row(item, v, self._seq) for item, v in zip(items, vectors, strict=True)]
+            client = self.engine.client()
+            with self.engine.errors(f"upsert into collection {spec.name}"):
+                client.upsert(self._table, rows)
+                shadow = self._shadow
+                if shadow is not None and target is not None:
+                    if next_ is not None and next_version == target.version:
+                        check_dim(next_, target.dim, f"{target.model} version {target.version}")
+                        client.upsert(
+                            shadow,
+                            [
+                                _row(item, v, self._seq)
+                                for item, v in zip(items, next_, strict=True)
+                            ],
+                        )
+                    else:  # they stay pending for the driver
+                        client.delete(shadow, ids=[item.id for item in items])
+            return self._seq
+
+    def delete(self, ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return 0
+        client = self.engine.client()
+        with self._write, self.engine.errors(f"delete from collection {self.spec.name}"):
+            present = client.query(self._table, ids=ids, output_fields=["id"])
+            client.delete(self._table, ids=ids)
+            if self._shadow is not None:
+                client.delete(self._shadow, ids=ids)
+            self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        return len(present)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str]) -> list[StoredRow]:
+        found = self._by_ids(list(dict.fromkeys(ids)))
+        return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        found = self._by_ids(list(dict.fromkeys(ids)))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise InvalidInput(f"query id {missing[0]!r} is not in collection {self.spec.name}")
+        return np.stack([found[i].vector for i in ids])
+
+    def _by_ids(self, ids: list[str]) -> dict[str, StoredRow]:
+        client = self.engine.client()
+        found: dict[str, StoredRow] = {}
+        with self.engine.errors(f"reading collection {self.spec.name}"):
+            for start in range(0, len(ids), _BATCH):
+                fields = ["id", "vector", "metadata", "source_kind", "written"]
+                for row in client.query(
+                    self._table, ids=ids[start : start + _BATCH], output_fields=fields
+                ):
+                    found[row["id"]] = StoredRow(
+                        int(row["written"]),
+                        row["id"],
+                        np.asarray(row["vector"], np.float32),
+                        _metadata(row["metadata"]),
+                        row["source_kind"],
+                    )
+        return found
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filter_: dict[str, Any] | None = None,
+        exact: bool = False,
+        version: int | None = None,
+    ) -> list[list[Hit]]:
+        """The k nearest items of each query (n, dim), closest first, where metadata match
+        `filter_`; `exact` scores every matching vector here instead of Milvus's index."""
+        self.refresh()
+        spec = self.spec
+        queries = spec.prepare(queries)
+        check_queries(spec, queries, version)
+        expression = milvus_filter(filter_) if filter_ else ""
+        if exact:
+            return self._exact(queries, k, expression)
+        params = {"params": {"ef": max(spec.index.hnsw_ef_search, k)}}
+        client = self.engine.client()
+        with self.engine.errors(f"search in collection {spec.name}"):
+            found = client.search(
+                self._table,
+                data=queries.tolist(),
+                limit=k,
+                filter=expression,
+                output_fields=["metadata"],
+                search_params=params,
+            )
+        return [
+            [
+                Hit(hit["id"], float(hit["distance"]), _metadata(hit["entity"]["metadata"]))
+                for hit in row
+            ]
+            for row in found
+        ]
+
+    def _exact(self, queries: np.ndarray, k: int, expression: str) -> list[list[Hit]]:
+        spec = self.spec
+        empty = np.empty((0, spec.dim), np.float32)
+        flat = VectorIndex.build("flat", spec.dim, spec.metric, spec.index, empty)
+        ids: list[str] = []
+        meta: list[str] = []
+        for batch in self._scan(self._table, ["id", "vector", "metadata"], expression):
+            rows = np.arange(len(ids), len(ids) + len(batch), dtype=np.int64)
+            flat.add(rows, np.asarray([r["vector"] for r in batch], np.float32))
+            ids.extend(r["id"] for r in batch)
+            meta.extend(_metadata(r["metadata"]) for r in batch)
+        if not ids:
+            return [[] for _ in queries]
+        scores, found = flat.search(queries, k)
+        score_rows: list[list[float]] = scores.tolist()
+        found_rows: list[list[int]] = found.tolist()
+        return [
+            [Hit(ids[r], s, meta[r]) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+            for srow, rrow in zip(score_rows, found_rows, strict=True)
+        ]
+
+    def duplicates(self, threshold: float, max_pairs: int) -> list[tuple[str, str, float]]:
+        """Pairs of distinct items at least `threshold` similar, most similar first (the
+        vectors are streamed out of Milvus into a flat index here)."""
+        spec = self.spec
+        ids: list[str] = []
+        chunks: list[np.ndarray] = []
+        for batch in self._scan(self._table, ["id", "vector"]):
+            ids.extend(r["id"] for r in batch)
+            chunks.append(np.asarray([r["vector"] for r in batch], np.float32))
+        if not ids:
+            return []
+        vectors = np.concatenate(chunks)
+        rows = np.arange(len(ids), dtype=np.int64)
+        empty = np.empty((0, spec.dim), np.float32)
+        flat = VectorIndex.build("flat", spec.dim, spec.metric, spec.index, empty)
+        flat.add(rows, vectors)
+        limits, scores, hits = flat.range_search(vectors, threshold)
+        pairs = []
+        for a in range(len(ids)):
+            span = slice(limits[a], limits[a + 1])
+            for s, b in zip(scores[span].tolist(), hits[span].tolist(), strict=True):
+                if b > a:
+                    pairs.append((float(s), a, int(b)))
+        pairs.sort(key=lambda p: p[0], reverse=spec.metric != "l2")
+        return [(ids[a], ids[b], s) for s, a, b in pairs[:max_pairs]]
+
+    def describe(self) -> dict[str, Any]:
+        self.refresh()
+        return {
+            "count": self._count(self._table),
+            "built_type": self.engine_index(),
+            "built_storage": "float32",
+            "memory_bytes": 0,  # the engine's, not this server's
+            "snapshot_seq": 0,
+            "snapshot_time": 0.0,
+            "seq": self._seq,
+            "rebuilding": False,
+            "reindex": self.reindexing,
+        }
+
+    def engine_table(self) -> str:
+        """The Milvus name searches go to (the alias of the serving table)."""
+        return self._table
+
+    def engine_index(self) -> str:
+        return "milvus-flat" if self.spec.index.type == "flat" else "milvus-hnsw"
+
+    # -- re-indexing with another model version ----------------------------------------------
+
+    @property
+    def reindex_target(self) -> ModelVersion | None:
+        return self._record.target
+
+    @property
+    def reindexing(self) -> ReindexState | None:
+        target, shadow = self._record.target, self._shadow
+        if target is None or shadow is None:
+            return None
+        total = self._count(self._table)
+        done = min(self._count(shadow), total)
+        return ReindexState(target.model, target.version, target.dim, done, total)
+
+    def begin_reindex(self, model: str, version: int, dim: int) -> None:
+        """Starts re-embedding every item into a shadow table (the next generation); resumes
+        when that target is in progress already, starts over when another is."""
+        self.refresh(force=True)
+        spec = self.spec
+        if not spec.model:
+            raise InvalidInput(f"collection {spec.name} holds vectors only: it has no model")
+        target = ModelVersion(model, version, dim)
+        if (model, version) == (spec.model, spec.version):
+            raise FailedPrecondition(f"collection {spec.name} is at {model} version {version}")
+        with self._write:
+            if self._record.target == target:
+                return
+            raw = self._count(self._table, 'source_kind == "vector"')
+            if raw:
+                raise FailedPrecondition(
+                    f"collection {spec.name} holds {raw} items given as raw vectors: they "
+                    f"cannot be re-embedded with {model} version {version}"
+                )
+            generation = self._record.generation
+            self.engine.create_table(replace(spec, dim=dim), generation + 1, dim)
+            record = replace(self._record, target=target)
+            self.engine.save(record)
+            self._record = record
+            self._pending.clear()
+            self._rows.clear()
+
+    def cancel_reindex(self) -> None:
+        self.refresh(force=True)
+        with self._write:
+            record = self._record
+            if record.target is None:
+                return
+            self._record = replace(record, target=None)
+            self.engine.save(self._record)
+            self.engine.drop_table(record.spec.name, record.generation + 1)
+
+    def pending_sources(self, limit: int, after: int = 0) -> list[tuple[int, str, bytes | None]]:
+        """(row, source kind, source) of up to `limit` items after row `after` that lack a
+        vector of the target version; rows are numbers this server hands out, in order."""
+        shadow = self._shadow
+        if shadow is None:
+            return []
+        found: list[tuple[int, str, bytes | None]] = []
+        client = self.engine.client()
+        fields = ["id", "source_kind", "source", "written"]
+        for batch in self._scan(self._table, fields):
+            with self.engine.errors(f"reading the shadow of {self.spec.name}"):
+                done = client.query(shadow, ids=[r["id"] for r in batch], output_fields=["id"])
+            have = {r["id"] for r in done}
+            for r in batch:
+                if r["id"] in have:
+                    continue
+                row = self._rows.setdefault(r["id"], len(self._rows) + 1)
+                self._pending[row] = (r["id"], int(r["written"]))
+                if row > after:
+                    found.append((row, r["source_kind"], _source(r["source"])))
+            if len(found) >= limit:
+                break
+        return sorted(found)[:limit]
+
+    def put_reindexed(
+        self, rows: np.ndarray, vectors: np.ndarray, version: int | None = None
+    ) -> int:
+        """Stores the target version's `vectors` (n, dim) of `rows` in the shadow, skipping
+        items removed or written again meanwhile. How many were stored."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(rows):
+            raise InvalidInput(
+                f"{len(rows)} rows need ({len(rows)}, dim) vectors, got {vectors.shape}"
+            )
+        target, shadow = self._record.target, self._shadow
+        if target is None or shadow is None or version not in (None, target.version):
+            return 0
+        vectors = self.spec.prepare(vectors)
+        check_dim(vectors, target.dim, f"{target.model} version {target.version}")
+        wanted = {
+            self._pending[r][0]: (i, self._pending[r][1])
+            for i, r in enumerate(rows.tolist())
+            if r in self._pending
+        }
+        client = self.engine.client()
+        with self._write, self.engine.errors(f"writing the shadow of {self.spec.name}"):
+            current = client.query(self._table, ids=list(wanted), output_fields=_FIELDS)
+            out = [
+                {**r, "vector": vectors[wanted[r["id"]][0]].tolist()}
+                for r in current
+                if int(r["written"]) == wanted[r["id"]][1]
+            ]
+            if out:
+                client.upsert(shadow, out)
+        return len(out)
+
+    def finish_reindex(self) -> bool:
+        """Swaps the shadow in once every item has a vector of the target version: the new
+        generation is recorded first (what every replica and a restart read), then the alias
+        moves to it. True when no re-index remains; False while an item lacks a vector."""
+        self.refresh(force=True)  # a replica may have swapped it in already
+        with self._write:
+            record = self._record
+            if record.target is None:
+                return True
+            shadow = self._shadow
+            assert shadow is not None
+            if self._count(shadow) < self._count(self._table) or self._any_pending(shadow):
+                return False
+            target = record.target
+            spec = replace(record.spec, model=target.model, version=target.version, dim=target.dim)
+            new = Record(spec, record.generation + 1)
+            self.engine.save(new)
+            self.engine.point_alias(spec.name, new.generation)
+            self._record = new
+            self.engine.drop_table(spec.name, record.generation)
+            self._pending.clear()
+            self._rows.clear()
+            return True
+
+    def _any_pending(self, shadow: str) -> bool:
+        client = self.engine.client()
+        for batch in self._scan(self._table, ["id"]):
+            with self.engine.errors(f"reading the shadow of {self.spec.name}"):
+                done = client.query(shadow, ids=[r["id"] for r in batch], output_fields=["id"])
+            if len(done) < len(batch):
+                return True
+        return False
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _count(self, table: str, expression: str = "") -> int:
+        client = self.engine.client()
+        with self.engine.errors(f"counting collection {self.spec.name}"):
+            rows = client.query(table, filter=expression, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def _scan(
+        self, table: str, fields: list[str], expression: str = ""
+    ) -> Iterator[list[dict[str, Any]]]:
+        client = self.engine.client()
+        with self.engine.errors(f"reading collection {self.spec.name}"):
+            iterator = client.query_iterator(
+                table, batch_size=_BATCH, filter=expression, output_fields=fields
+            )
+        try:
+            while True:
+                with self.engine.errors(f"reading collection {self.spec.name}"):
+                    batch = iterator.next()
+                if not batch:
+                    return
+                yield list(batch)
+        finally:
+            iterator.close()
+
+
+class _StoreView:
+    """What the browse pages read of a collection's store (`ItemStore`'s names)."""
+
+    def __init__(self, collection: MilvusCollection) -> None:
+        self._c = collection
+
+    def count(self) -> int:
+        return self._c._count(self._c._table)
+
+    def seq(self) -> int:
+        return self._c._seq
+
+    def sources(self, ids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
+        client = self._c.engine.client()
+        with self._c.engine.errors(f"reading collection {self._c.spec.name}"):
+            rows = client.query(
+                self._c._table, ids=list(ids), output_fields=["id", "source_kind", "source"]
+            )
+        return {r["id"]: (r["source_kind"], _source(r["source"])) for r in rows}
+
+    def scan(self, batch: int = _BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, vectors) in batches; rows number the items in scan order, and `by_rows`
+        names those of the latest scan."""
+        self._scanned: list[str] = []
+        for found in self._c._scan(self._c._table, ["id", "vector"]):
+            start = len(self._scanned)
+            self._scanned.extend(r["id"] for r in found)
+            rows = np.arange(start, len(self._scanned), dtype=np.int64)
+            yield rows, np.asarray([r["vector"] for r in found], np.float32)
+
+    def by_rows(self, rows: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """row → (id, metadata) of rows of the latest `scan` still in the collection."""
+        scanned = getattr(self, "_scanned", [])
+        wanted = {scanned[r]: r for r in rows if 0 <= r < len(scanned)}
+        found = self._c._by_ids(list(wanted))
+        return {wanted[i]: (i, row.metadata) for i, row in found.items()}
+
+
+def milvus_filter(filter_: dict[str, Any]) -> str:
+    """lens's metadata filter (key: value, or key: {"in": [values]}, all keys to match) as a
+    Milvus boolean expression on the `metadata` JSON field."""
+    clauses = []
+    for key, want in filter_.items():
+        if isinstance(want, dict):
+            values = want.get("in")
+            if set(want) != {"in"} or not isinstance(values, list) or not values:
+                raise InvalidInput(
+                    f'filter on {key!r}: use a value or {{"in": [values]}}, got {want}'
+                )
+        else:
+            values = [want]
+        field = f"metadata[{json.dumps(str(key))}]"
+        ors = []
+        for value in values:
+            if isinstance(value, (dict, list)):
+                raise InvalidInput(f"filter on {key!r}: values must be scalars")
+            if value is None:
+                ors.append(f"{field} is null")
+            else:
+                ors.append(f"{field} == {json.dumps(value)}")
+        clauses.append("(" + " or ".join(ors) + ")")
+    return " and ".join(clauses)
+
+
+def _row(item: NewItem, vector: np.ndarray, written: int) -> dict[str, Any]:
+    encoded = base64.b64encode(item.source).decode() if item.source is not None else None
+    pieces = (
+        []
+        if encoded is None
+        else [encoded[i : i + SOURCE_PIECE] for i in range(0, len(encoded), SOURCE_PIECE)] or [""]
+    )
+    return {
+        "id": item.id,
+        "vector": vector.tolist(),
+        "metadata": json.loads(item.metadata or "{}"),
+        "source_kind": item.source_kind,
+        "source": pieces,
+        "written": written,
+    }
+
+
+def _source(pieces: list[str] | None) -> bytes | None:
+    return base64.b64decode("".join(pieces)) if pieces else None
+
+
+def _metadata(value: Any) -> str:
+    if isinstance(value, str):
+        value = json.loads(value or "{}")
+    return json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False)
