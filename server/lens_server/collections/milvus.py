@@ -13,8 +13,6 @@ calls them from worker threads.
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,11 +25,18 @@ from lens_server.collections.collection import Hit
 from lens_server.collections.faiss_index import VectorIndex
 from lens_server.collections.milvus_engine import (
     MAX_SOURCE_BYTES,
-    SOURCE_PIECE,
     MilvusEngine,
     Record,
     alias_name,
     table_name,
+)
+from lens_server.collections.milvus_items import (
+    BATCH,
+    StoreView,
+    item_row,
+    metadata_text,
+    milvus_filter,
+    source_of,
 )
 from lens_server.collections.shadow import ReindexState
 from lens_server.collections.spec import (
@@ -45,7 +50,6 @@ from lens_server.collections.store import NewItem, StoredRow
 from lens_server.errors import FailedPrecondition, InvalidInput
 
 _FIELDS = ["id", "vector", "metadata", "source_kind", "source", "written"]
-_BATCH = 1000
 
 
 class MilvusCollection:
@@ -64,7 +68,7 @@ class MilvusCollection:
         self._pending: dict[int, tuple[str, int]] = {}
         self._rows: dict[str, int] = {}
         self._read_at = time.monotonic()
-        self.store = _StoreView(self)
+        self.store = StoreView(self)
         engine.point_alias(record.spec.name, record.generation)
 
     @classmethod
@@ -150,7 +154,7 @@ class MilvusCollection:
         with self._write:
             written = time.time_ns() // 1000
             self._seq = max(self._seq + 1, written)
-            rows = [_row(item, v, self._seq) for item, v in zip(items, vectors, strict=True)]
+            rows = [item_row(item, v, self._seq) for item, v in zip(items, vectors, strict=True)]
             client = self.engine.client()
             with self.engine.errors(f"upsert into collection {spec.name}"):
                 client.upsert(self._table, rows)
@@ -161,7 +165,7 @@ class MilvusCollection:
                         client.upsert(
                             shadow,
                             [
-                                _row(item, v, self._seq)
+                                item_row(item, v, self._seq)
                                 for item, v in zip(items, next_, strict=True)
                             ],
                         )
@@ -199,16 +203,16 @@ class MilvusCollection:
         client = self.engine.client()
         found: dict[str, StoredRow] = {}
         with self.engine.errors(f"reading collection {self.spec.name}"):
-            for start in range(0, len(ids), _BATCH):
+            for start in range(0, len(ids), BATCH):
                 fields = ["id", "vector", "metadata", "source_kind", "written"]
                 for row in client.query(
-                    self._table, ids=ids[start : start + _BATCH], output_fields=fields
+                    self._table, ids=ids[start : start + BATCH], output_fields=fields
                 ):
                     found[row["id"]] = StoredRow(
                         int(row["written"]),
                         row["id"],
                         np.asarray(row["vector"], np.float32),
-                        _metadata(row["metadata"]),
+                        metadata_text(row["metadata"]),
                         row["source_kind"],
                     )
         return found
@@ -243,7 +247,7 @@ class MilvusCollection:
             )
         return [
             [
-                Hit(hit["id"], float(hit["distance"]), _metadata(hit["entity"]["metadata"]))
+                Hit(hit["id"], float(hit["distance"]), metadata_text(hit["entity"]["metadata"]))
                 for hit in row
             ]
             for row in found
@@ -259,7 +263,7 @@ class MilvusCollection:
             rows = np.arange(len(ids), len(ids) + len(batch), dtype=np.int64)
             flat.add(rows, np.asarray([r["vector"] for r in batch], np.float32))
             ids.extend(r["id"] for r in batch)
-            meta.extend(_metadata(r["metadata"]) for r in batch)
+            meta.extend(metadata_text(r["metadata"]) for r in batch)
         if not ids:
             return [[] for _ in queries]
         scores, found = flat.search(queries, k)
@@ -388,7 +392,7 @@ class MilvusCollection:
                 row = self._rows.setdefault(r["id"], len(self._rows) + 1)
                 self._pending[row] = (r["id"], int(r["written"]))
                 if row > after:
-                    found.append((row, r["source_kind"], _source(r["source"])))
+                    found.append((row, r["source_kind"], source_of(r["source"])))
             if len(found) >= limit:
                 break
         return sorted(found)[:limit]
@@ -473,7 +477,7 @@ class MilvusCollection:
         client = self.engine.client()
         with self.engine.errors(f"reading collection {self.spec.name}"):
             iterator = client.query_iterator(
-                table, batch_size=_BATCH, filter=expression, output_fields=fields
+                table, batch_size=BATCH, filter=expression, output_fields=fields
             )
         try:
             while True:
@@ -484,94 +488,3 @@ class MilvusCollection:
                 yield list(batch)
         finally:
             iterator.close()
-
-
-class _StoreView:
-    """What the browse pages read of a collection's store (`ItemStore`'s names)."""
-
-    def __init__(self, collection: MilvusCollection) -> None:
-        self._c = collection
-
-    def count(self) -> int:
-        return self._c._count(self._c._table)
-
-    def seq(self) -> int:
-        return self._c._seq
-
-    def sources(self, ids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
-        client = self._c.engine.client()
-        with self._c.engine.errors(f"reading collection {self._c.spec.name}"):
-            rows = client.query(
-                self._c._table, ids=list(ids), output_fields=["id", "source_kind", "source"]
-            )
-        return {r["id"]: (r["source_kind"], _source(r["source"])) for r in rows}
-
-    def scan(self, batch: int = _BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, vectors) in batches; rows number the items in scan order, and `by_rows`
-        names those of the latest scan."""
-        self._scanned: list[str] = []
-        for found in self._c._scan(self._c._table, ["id", "vector"]):
-            start = len(self._scanned)
-            self._scanned.extend(r["id"] for r in found)
-            rows = np.arange(start, len(self._scanned), dtype=np.int64)
-            yield rows, np.asarray([r["vector"] for r in found], np.float32)
-
-    def by_rows(self, rows: Sequence[int]) -> dict[int, tuple[str, str]]:
-        """row → (id, metadata) of rows of the latest `scan` still in the collection."""
-        scanned = getattr(self, "_scanned", [])
-        wanted = {scanned[r]: r for r in rows if 0 <= r < len(scanned)}
-        found = self._c._by_ids(list(wanted))
-        return {wanted[i]: (i, row.metadata) for i, row in found.items()}
-
-
-def milvus_filter(filter_: dict[str, Any]) -> str:
-    """lens's metadata filter (key: value, or key: {"in": [values]}, all keys to match) as a
-    Milvus boolean expression on the `metadata` JSON field."""
-    clauses = []
-    for key, want in filter_.items():
-        if isinstance(want, dict):
-            values = want.get("in")
-            if set(want) != {"in"} or not isinstance(values, list) or not values:
-                raise InvalidInput(
-                    f'filter on {key!r}: use a value or {{"in": [values]}}, got {want}'
-                )
-        else:
-            values = [want]
-        field = f"metadata[{json.dumps(str(key))}]"
-        ors = []
-        for value in values:
-            if isinstance(value, (dict, list)):
-                raise InvalidInput(f"filter on {key!r}: values must be scalars")
-            if value is None:
-                ors.append(f"{field} is null")
-            else:
-                ors.append(f"{field} == {json.dumps(value)}")
-        clauses.append("(" + " or ".join(ors) + ")")
-    return " and ".join(clauses)
-
-
-def _row(item: NewItem, vector: np.ndarray, written: int) -> dict[str, Any]:
-    encoded = base64.b64encode(item.source).decode() if item.source is not None else None
-    pieces = (
-        []
-        if encoded is None
-        else [encoded[i : i + SOURCE_PIECE] for i in range(0, len(encoded), SOURCE_PIECE)] or [""]
-    )
-    return {
-        "id": item.id,
-        "vector": vector.tolist(),
-        "metadata": json.loads(item.metadata or "{}"),
-        "source_kind": item.source_kind,
-        "source": pieces,
-        "written": written,
-    }
-
-
-def _source(pieces: list[str] | None) -> bytes | None:
-    return base64.b64decode("".join(pieces)) if pieces else None
-
-
-def _metadata(value: Any) -> str:
-    if isinstance(value, str):
-        value = json.loads(value or "{}")
-    return json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lens_server.collections import Collections, CollectionSpec, IndexConfig, NewItem
-from lens_server.collections.milvus import milvus_filter
+from lens_server.collections.milvus_items import milvus_filter
 from lens_server.errors import FailedPrecondition, InvalidInput
 
 _names = itertools.count()
