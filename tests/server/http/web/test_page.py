@@ -11,8 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
+from lens_server.core.browse import projections
 from tests.conftest import ServerProcess, encode, photo
-from tests.server.http.web.conftest import COLLECTION, DUPLICATE, PHONE, PHOTOS, b64, own_error
+from tests.server.http.web.conftest import (
+    COLLECTION,
+    DUPLICATE,
+    PHONE,
+    PHOTOS,
+    Digits,
+    b64,
+    own_error,
+)
 from tests.server.test_deploy import copy_version
 
 pytestmark = pytest.mark.slow
@@ -66,16 +75,15 @@ def hits(driver: Any, count: int | None = None) -> list[tuple[str, float]]:
     ]
 
 
-def pick(driver: Any, collection: str) -> None:
+def pick(driver: Any, collection: str, select: str = "#collection") -> None:
+    """Option `collection` of the <select> `select`, once the page has listed it."""
     from selenium.webdriver.support.ui import Select
 
     wait(
         driver,
-        lambda d: (
-            collection in [o.get_attribute("value") for o in all_css(d, "#collection option")]
-        ),
+        lambda d: collection in [o.get_attribute("value") for o in all_css(d, f"{select} option")],
     )
-    Select(css(driver, "#collection")).select_by_value(collection)
+    Select(css(driver, select)).select_by_value(collection)
 
 
 def search_text(driver: Any, text: str, k: int = 6) -> None:
@@ -105,7 +113,7 @@ def test_a_text_query_shows_thumbnails_in_score_order(browser, web_server, artef
 def test_a_second_load_revalidates_the_thumbnails(browser, web_server):
     def not_modified() -> float:
         text = httpx.get(f"{web_server.http}/metrics", timeout=30).text
-        route = 'method="/v1/collections/{collection}/items/{item}/thumbnail"'
+        route = 'method="/v1/collections/{collection}/items/{item:path}/thumbnail"'
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
@@ -165,6 +173,37 @@ def test_more_like_this_searches_by_the_item(browser, web_server):
     wanted = css(browser, "#summary").text.split("more like ")[1].split(" in ")[0]
     shown = hits(browser)
     assert shown[0] == (wanted, pytest.approx(1.0, abs=1e-4))
+
+
+def test_items_whose_ids_hold_slashes_show_their_thumbnails(browser, web_server):
+    """Ids named like files (slashes, and what a URL must escape): the page escapes each as
+    one path segment, the server's route takes it, and the thumbnail is the item's own."""
+    # Photos of three shapes (3:2, 2:1, square), so that each thumbnail shows whose it is.
+    files = {"holiday/2024/cat.jpg": "chelsea", "scans/odd #1?%&.png": "page"}
+    files["a/b/c/astronaut.jpg"] = "astronaut"
+    with httpx.Client(base_url=web_server.http, timeout=60) as http:
+        http.delete("/v1/collections/files")
+        made = http.post("/v1/collections", json={"name": "files", "model": "tiny"})
+        assert made.status_code == 201, made.text
+        items = [{"id": i, "image": b64(encode(photo(n), "JPEG"))} for i, n in files.items()]
+        assert http.post("/v1/collections/files/items", json={"items": items}).status_code == 200
+        try:
+            open_view(browser, web_server, "search")
+            pick(browser, "files")
+            search_text(browser, "a photo", k=3)
+            assert {i for i, _ in hits(browser, 3)} == set(files)  # every thumbnail loaded
+            shapes = browser.execute_script(
+                "return Object.fromEntries([...document.querySelectorAll('#hits img')]"
+                ".map(i => [i.closest('li').dataset.id, i.naturalWidth / i.naturalHeight]))"
+            )
+            for item, name in files.items():
+                height, width = photo(name).shape[:2]
+                assert shapes[item] == pytest.approx(width / height, rel=0.02), item
+            css(browser, "button[aria-label='More like a/b/c/astronaut.jpg']").click()
+            wait(browser, lambda d: "more like a/b/c/astronaut.jpg" in css(d, "#summary").text)
+            assert hits(browser)[0] == ("a/b/c/astronaut.jpg", pytest.approx(1.0, abs=1e-4))
+        finally:
+            http.delete("/v1/collections/files")
 
 
 def test_the_apis_refusals_show_as_its_messages(browser, web_server, tmp_path: Path):
@@ -228,6 +267,31 @@ def test_a_few_shot_classifier_from_labelled_boxes(browser, web_server, tmp_path
     wait(browser, lambda d: len(all_css(d, "#classified section")) == 2)
     tops = [c.get_attribute("data-top") for c in all_css(browser, "#classified section")]
     assert tops == ["cat", "rocket"]  # each class's one example is its own prototype
+
+
+def test_classify_names_each_digit_with_the_digits_model(
+    browser, web_server, digits_model: Digits, artefacts: Path
+):
+    """A held-out image of each digit, dropped at once, the ten digit names typed, model
+    `digits` picked: each image's top label is its digit."""
+    assert digits_model.zero_shot_top1 >= 0.85  # a model that knows the digits
+    open_view(browser, web_server, "classify")
+    pick(browser, "digits", "#classify-model")
+    css(browser, "#classify-images").send_keys("\n".join(str(p) for p in digits_model.images))
+    css(browser, "#labels").send_keys(", ".join(digits_model.classes))
+    css(browser, "#classify-form button[type=submit]").click()
+    wait(browser, lambda d: len(all_css(d, "#classified section")) == len(digits_model.images))
+    assert css(browser, "#classified-by").text == "10 images by digits:1, the labels typed"
+    cards = all_css(browser, "#classified section")
+    assert [c.find_element("css selector", "h3").text for c in cards] == [
+        p.name for p in digits_model.images
+    ]
+    assert [c.get_attribute("data-top") for c in cards] == list(digits_model.classes)
+    for card in cards:
+        bars = card.find_elements("css selector", "[role=meter]")
+        assert bars[0].get_attribute("aria-label") == card.get_attribute("data-top")
+        assert float(bars[0].get_attribute("aria-valuenow")) > 100 / len(digits_model.classes)
+    browser.save_screenshot(str(artefacts / "classify-digits.png"))
 
 
 def test_duplicates_show_the_planted_pair(browser, web_server, artefacts: Path):
@@ -294,6 +358,27 @@ def test_the_map_draws_every_point(browser, web_server, artefacts: Path):
     assert opened in {*PHOTOS, DUPLICATE[1]}
     assert opened not in [li.get_attribute("data-id") for li in all_css(browser, "#neighbours li")]
     browser.save_screenshot(str(artefacts / "map.png"))
+
+
+def test_the_map_offers_umap_where_the_server_has_it(browser, web_server, artefacts: Path):
+    """With umap-learn (the `umap` extra) the UMAP projection draws every point; without it
+    the choice is there, disabled, saying why."""
+    from selenium.webdriver.support.ui import Select
+
+    open_view(browser, web_server, "map")
+    pick(browser, COLLECTION)
+    wait(browser, lambda d: css(d, "#map").get_attribute("data-method") == "pca")
+    umap = css(browser, "#projection option[value=umap]")
+    if "umap" not in projections():
+        assert not umap.is_enabled() and "has no umap-learn" in umap.text
+        return
+    Select(css(browser, "#projection")).select_by_value("umap")
+    # The server's first UMAP compiles it (numba): tens of seconds on two loaded cores.
+    wait(browser, lambda d: css(d, "#map").get_attribute("data-method") == "umap", timeout=180)
+    assert int(css(browser, "#map").get_attribute("data-points")) == len(PHOTOS) + 1
+    assert int(css(browser, "#map").get_attribute("data-drawn")) == len(PHOTOS) + 1
+    assert "UMAP layout" in css(browser, "#map-summary").text
+    browser.save_screenshot(str(artefacts / "map-umap.png"))
 
 
 def test_models_lists_the_versions_and_status_reads_the_counters(browser, web_server, artefacts):

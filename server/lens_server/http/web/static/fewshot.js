@@ -12,8 +12,9 @@ const dataUri = (file) =>
     reader.readAsDataURL(file);
   });
 
-/** The few-shot section; `saved(info)` is told of each classifier it saves. */
-export function fewShot(saved) {
+/** The few-shot section; `saved(info)` is told of each classifier it saves, made with the
+ * model `model()` names ("": the default model). */
+export function fewShot(saved, model = () => "") {
   const boxes = el("div", { class: "results", id: "shot-boxes" });
   const name = el("input", { type: "text", id: "shot-name", name: "shot-name", placeholder: "pets-few-shot" });
   const add = el("button", { type: "button", class: "secondary" }, "Add a class");
@@ -52,7 +53,9 @@ export function fewShot(saved) {
       if (!label) throw new Error("Each class with examples needs a label.");
       classes.push({ label, images: await Promise.all(box.examples.map(dataUri)) });
     }
-    const info = await post("/v1/classifiers", { name: name.value.trim(), few_shot: { classes } });
+    const body = { name: name.value.trim(), few_shot: { classes } };
+    if (model()) body.model = model();
+    const info = await post("/v1/classifiers", body);
     await saved(info);
   }
 

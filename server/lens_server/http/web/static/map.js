@@ -1,6 +1,7 @@
-// Map: a collection's items on the first two principal components of their vectors
-// (computed by the server), coloured by a metadata field; wheel or +/- zooms, dragging or the
-// arrow keys pan, a click opens the item and its nearest neighbours.
+// Map: a collection's items on two axes computed by the server (the first two principal
+// components of their vectors, or a UMAP layout where the server has umap-learn), coloured by
+// a metadata field; wheel or +/- zooms, dragging or the arrow keys pan, a click opens the
+// item and its nearest neighbours.
 
 import { c, get, post } from "./api.js";
 import { collectionPicker, el, guarded, metaText, thumbnail } from "./ui.js";
@@ -11,15 +12,38 @@ export function render(main) {
   let points = [];
   let view = { zoom: 1, x: 0, y: 0 }; // zoom about the centre, pan in map units
   let field = "";
+  let asked = 0; // the latest map asked for: an older answer arriving late is dropped
   const canvas = el("canvas", { class: "map", id: "map", width: "960", height: "720", tabindex: "0", role: "img", "aria-label": "Map of the collection" });
   const colour = el("select", { id: "colour-by", name: "colour-by" }, el("option", { value: "" }, "(none)"));
+  const method = el(
+    "select",
+    { id: "projection", name: "projection" },
+    el("option", { value: "pca" }, "PCA"),
+    el("option", { value: "umap" }, "UMAP"),
+  );
   const summary = el("p", { class: "summary", id: "map-summary", "aria-live": "polite" });
   const legend = el("div", { class: "legend", id: "legend" });
   const panel = el("aside", { id: "map-item", "aria-live": "polite" }, el("p", { class: "summary" }, "Click a point to open its item."));
   const picker = collectionPicker((name) => name && guarded(() => load(name)));
 
   async function load(name) {
-    const made = await get(`${c(name)}/map`);
+    const chosen = method.value;
+    const mine = ++asked;
+    summary.textContent = chosen === "umap" ? "Computing the UMAP layout (seconds to minutes for large collections)…" : "Projecting…";
+    delete canvas.dataset.points;
+    let made;
+    try {
+      made = await get(`${c(name)}/map?method=${encodeURIComponent(chosen)}`);
+    } catch (e) {
+      if (mine === asked) summary.textContent = "";
+      throw e;
+    }
+    if (mine !== asked) return;
+    for (const option of method.options) {
+      const can = made.methods.includes(option.value);
+      option.disabled = !can;
+      option.textContent = option.value.toUpperCase() + (can ? "" : " (the server has no umap-learn)");
+    }
     points = made.points;
     view = { zoom: 1, x: 0, y: 0 };
     const fields = [...new Set(points.flatMap((p) => Object.keys(p.metadata)))].sort();
@@ -27,7 +51,9 @@ export function render(main) {
     field = fields.includes(field) ? field : fields[0] || "";
     colour.value = field;
     const explained = made.explained.map((e) => `${(100 * e).toFixed(0)}%`).join(" / ");
-    summary.textContent = `${points.length} points of ${made.total} items${made.sampled ? " (a sample)" : ""}; PCA, variance along x / y ${explained}`;
+    const how = made.method === "umap" ? "UMAP layout" : `PCA, variance along x / y ${explained}`;
+    summary.textContent = `${points.length} points of ${made.total} items${made.sampled ? " (a sample)" : ""}; ${how}`;
+    canvas.dataset.method = made.method;
     canvas.dataset.points = String(points.length);
     draw();
   }
@@ -131,6 +157,7 @@ export function render(main) {
     field = colour.value;
     draw();
   });
+  method.addEventListener("change", () => picker.select.value && guarded(() => load(picker.select.value)));
 
   main.append(
     el("h2", {}, "Map"),
@@ -138,6 +165,7 @@ export function render(main) {
       "div",
       { class: "controls" },
       picker.label,
+      el("label", { for: "projection" }, "Projection", method),
       el("label", { for: "colour-by" }, "Colour by", colour),
       el("button", { type: "button", class: "secondary", onclick: () => zoom(1.25), "aria-label": "Zoom in" }, "+"),
       el("button", { type: "button", class: "secondary", onclick: () => zoom(0.8), "aria-label": "Zoom out" }, "−"),
