@@ -11,8 +11,10 @@ import numpy as np
 from lens_server.classifiers import (
     ClassifierSpec,
     ClassifierStore,
+    check_image,
     check_labels,
     compute_weights,
+    linear_fit,
     saved_weights,
     scale_of,
     scores,
@@ -76,6 +78,7 @@ class ClassifierInfo:
     templates: int
     shots: int
     versions: list[int] = field(default_factory=list)
+    held_out_accuracy: float = -1.0  # linear: of its fit on a stratified 80/20 split
 
 
 class Classification:
@@ -138,7 +141,8 @@ class Classification:
                 weights = await self._inline_weights(loaded, names, templates)
             inputs: list[Input] = list(images)
             vectors = await loaded.embed(inputs, deadline)
-        ranked = scores(vectors, weights, scale_of(loaded), top_k, multi_label, threshold)
+        linear = bool(saved) and spec.kind == "linear"
+        ranked = scores(vectors, weights, scale_of(loaded), top_k, multi_label, threshold, linear)
         return Classified(
             loaded.name,
             loaded.version,
@@ -169,16 +173,21 @@ class Classification:
         few_shot: FewShot | None = None,
         model: str = "",
         version: int = 0,
+        linear: FewShot | None = None,
     ) -> ClassifierInfo:
-        """Saves a classifier (from labels, or from example images per label) and its weights
-        for the model version it was made with."""
+        """Saves a classifier (from labels, example images per label, or labelled images to
+        fit a linear probe to) and its weights for the model version it was made with."""
         limit = self.config.limits.max_labels
         if not name:
             raise InvalidInput("name is empty")
         loaded = self.registry.resolve(model, version)
         examples: list[list[bytes]] = []
-        if (zero_shot is None) == (few_shot is None):
-            raise InvalidInput("give zero_shot labels or few_shot examples (one of them)")
+        if [zero_shot, few_shot, linear].count(None) != 2:
+            raise InvalidInput(
+                "give zero_shot labels, few_shot examples or linear training images (one of them)"
+            )
+        if linear is not None:
+            return await self._create_linear(name, loaded, linear)
         if zero_shot is not None:
             spec = ClassifierSpec(
                 name,
@@ -218,6 +227,37 @@ class Classification:
         self.store.save_weights(spec, loaded.version, weights)
         return self.info(spec.name)
 
+    async def _create_linear(
+        self, name: str, loaded: LoadedVersion, linear: FewShot
+    ) -> ClassifierInfo:
+        labels = check_labels([c.label for c in linear.classes], self.config.limits.max_labels)
+        if len(labels) < 2:
+            raise InvalidInput(
+                f"a linear classifier needs two labels or more, got {len(labels)} ({labels[0]!r})"
+            )
+        examples = [list(c.images) for c in linear.classes]
+        for label, images in zip(labels, examples, strict=True):
+            if not images:
+                raise InvalidInput(f"label {label!r} has no training images")
+        for label, images in zip(labels, examples, strict=True):
+            for j, data in enumerate(images):
+                check_image(data, f"training image {j} of label {label!r}")
+        if name in self.store.names():
+            raise AlreadyExists(f"classifier {name!r} already exists")
+        with loaded.lease():
+            weights, held_out = await linear_fit(loaded, examples, labels)
+        spec = ClassifierSpec(
+            name,
+            loaded.name,
+            "linear",
+            labels,
+            shots=min(len(e) for e in examples),
+            held_out_accuracy=held_out,
+        )
+        self.store.create(spec, examples)
+        self.store.save_weights(spec, loaded.version, weights)
+        return self.info(spec.name)
+
     def info(self, name: str) -> ClassifierInfo:
         spec = self.store.get(name)  # NotFound lists the classifiers
         return ClassifierInfo(
@@ -228,6 +268,7 @@ class Classification:
             len(spec.templates),
             spec.shots,
             self.store.versions(spec),
+            spec.held_out_accuracy,
         )
 
     def all(self) -> list[ClassifierInfo]:
