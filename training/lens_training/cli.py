@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command("export")(export_command)
+    from lens_training.finetune import finetune_command
+
+    app.command("finetune")(finetune_command)
     imports = typer.Typer(no_args_is_help=True, help="Import a model into the repository.")
     imports.command("openclip")(import_openclip)
     imports.command("hf")(import_hf)
