@@ -74,15 +74,28 @@ class ClassifyCalls:
         examples: Mapping[str, Sequence[ImageLike]] | None = None,
         text_weight: float = 0.0,
         model: str | None = None,
+        train: Mapping[str, Sequence[ImageLike]] | None = None,
     ) -> Call[dict[str, Any]]:
-        """A saved classifier: zero-shot from `labels`, or few-shot from `examples`
-        (label → images), optionally mixed with the labels' zero-shot weights."""
-        if (labels is None) == (examples is None):
-            raise ValueError("give labels (zero-shot) or examples (few-shot)")
+        """A saved classifier: zero-shot from `labels`, few-shot from `examples`
+        (label → images), optionally mixed with the labels' zero-shot weights, or a linear
+        probe fitted to `train` (label → images)."""
+        if [labels, examples, train].count(None) != 2:
+            raise ValueError("give labels (zero-shot), examples (few-shot) or train (linear)")
         request = classifiers_pb2.CreateClassifierRequest(
             name=name, model=codec.parse_model(model or self.model)
         )
-        if labels is not None:
+        if train is not None:
+            request.linear.CopyFrom(
+                classifiers_pb2.Linear(
+                    classes=[
+                        classifiers_pb2.Examples(
+                            label=label, images=[codec.image_bytes(i) for i in images]
+                        )
+                        for label, images in train.items()
+                    ]
+                )
+            )
+        elif labels is not None:
             request.zero_shot.CopyFrom(labels_message(labels, templates))
         else:
             part = labels_message([], templates)
@@ -138,6 +151,7 @@ def classifier_dict(info: classifiers_pb2.ClassifierInfo) -> dict[str, Any]:
         "templates": info.templates,
         "shots": info.shots,
         "versions": list(info.versions),
+        **({"held_out_accuracy": info.held_out_accuracy} if info.kind == "linear" else {}),
     }
 
 

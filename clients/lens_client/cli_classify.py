@@ -86,6 +86,12 @@ def classifier_create(
         Path | None,
         typer.Option(help="Few-shot: a folder with one sub-folder of images per label."),
     ] = None,
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            help="Linear probe: a folder with one sub-folder of training images per label."
+        ),
+    ] = None,
     templates: Templates = None,
     text_weight: Annotated[
         float, typer.Option(help="Few-shot: weight of the labels' zero-shot part (0-1).")
@@ -94,19 +100,14 @@ def classifier_create(
     server: Server = codec.DEFAULT_SERVER,
     api_key: ApiKey = None,
 ) -> None:
-    """Save a classifier: zero-shot from labels, or few-shot from example images."""
-    if (labels is None) == (examples is None):
-        fail("give --labels or --examples", 2)
-    shots: dict[str, list[Path]] | None = None
-    if examples is not None:
-        if not examples.is_dir():
-            fail(f"{examples}: no such folder", 2)
-        shots = {d.name: image_files([d]) for d in sorted(examples.iterdir()) if d.is_dir()}
-        if not shots:
-            fail(f"{examples}: no class sub-folders", 2)
-        empty = [label for label, files in shots.items() if not files]
-        if empty:
-            fail(f"{examples}: class {empty[0]!r} has no images", 2)
+    """Save a classifier: zero-shot from labels, few-shot from example images, or a linear
+    probe trained from labelled images."""
+    if [labels, examples, train].count(None) != 2:
+        fail("give --labels, --examples or --train (one of them)", 2)
+    shots = _class_folders(examples) if examples is not None else None
+    trained = _class_folders(train) if train is not None else None
+    if trained is not None and len(trained) < 2:
+        fail(f"{train}: a linear classifier needs two class sub-folders or more", 2)
     with connect(server, api_key=api_key, model=model) as client:
         info = client.create_classifier(
             name,
@@ -114,8 +115,22 @@ def classifier_create(
             templates=_templates(templates),
             examples=shots,
             text_weight=text_weight,
+            train=trained,
         )
     print_json(info)
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Label → image files, one sub-folder per label (refused: none, or one with no images)."""
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder", 2)
+    classes = {d.name: image_files([d]) for d in sorted(folder.iterdir()) if d.is_dir()}
+    if not classes:
+        fail(f"{folder}: no class sub-folders", 2)
+    empty = [label for label, files in classes.items() if not files]
+    if empty:
+        fail(f"{folder}: class {empty[0]!r} has no images", 2)
+    return classes
 
 
 @classifier_app.command("ls")

@@ -95,7 +95,9 @@ class Deployments:
         loaded = time.perf_counter()
         try:
             for spec in self.classifiers.of_model(name):  # weights ready for the first request
-                await saved_weights(self.classifiers, spec, new)
+                if spec.kind == "linear" and not spec.kept_examples:
+                    continue  # nothing to re-fit from: it serves the versions it has weights for
+                await saved_weights(self.classifiers, spec, new)  # linear ones are re-fitted
             reindexing = await self._retarget(new, previous, keep_collections)
         except Exception:
             self.retire(name)  # the version loaded for nothing leaves again

@@ -89,6 +89,12 @@ class FewShotIn(BaseModel):
     template_set: str = Field(default="", description=_TEMPLATE_SET)
 
 
+class LinearIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[ExamplesIn] = Field(description="Training images per label (two or more).")
+
+
 class CreateClassifierRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +103,9 @@ class CreateClassifierRequest(BaseModel):
     zero_shot: ZeroShotIn | None = Field(default=None, description="From labels (or few_shot).")
     few_shot: FewShotIn | None = Field(
         default=None, description="From example images per label (or zero_shot)."
+    )
+    linear: LinearIn | None = Field(
+        default=None, description="A linear probe fitted to labelled images (or the others)."
     )
 
 
@@ -109,6 +118,8 @@ class ClassifierOut(BaseModel):
     shots: int
     # The model versions its weights are saved for.
     versions: list[int]
+    # Linear: accuracy on its held-out 20% (-1: too few images to hold any out).
+    held_out_accuracy: float = -1.0
 
 
 class ClassifierList(BaseModel):
@@ -183,12 +194,16 @@ async def create_classifier(
     body: CreateClassifierRequest, core: CoreDep, fetcher: FetcherDep
 ) -> ClassifierOut:
     """Saves a classifier, and its weights for the model version it is made with."""
-    zero, few = body.zero_shot, body.few_shot
-    classes = []
-    for i, examples in enumerate(few.classes if few else ()):
-        where = f"few_shot.classes[{i}].images"
-        images = [await fetcher.image(t, f"{where}[{j}]") for j, t in enumerate(examples.images)]
-        classes.append(FewShotClass(examples.label, images))
+    zero, few, linear = body.zero_shot, body.few_shot, body.linear
+    classes: list[FewShotClass] = []
+    trained: list[FewShotClass] = []
+    for part, given, out in (("few_shot", few, classes), ("linear", linear, trained)):
+        for i, examples in enumerate(given.classes if given else ()):
+            where = f"{part}.classes[{i}].images"
+            images = [
+                await fetcher.image(t, f"{where}[{j}]") for j, t in enumerate(examples.images)
+            ]
+            out.append(FewShotClass(examples.label, images))
     name, version = model_ref(body.model)
     info = await core.classification.create(
         body.name,
@@ -196,6 +211,7 @@ async def create_classifier(
         few_shot=FewShot(classes, few.text_weight, few.template_set, few.templates)
         if few
         else None,
+        linear=FewShot(trained) if linear else None,
         model=name,
         version=version,
     )
@@ -222,4 +238,5 @@ def _info(info: ClassifierInfo) -> ClassifierOut:
         templates=info.templates,
         shots=info.shots,
         versions=info.versions,
+        held_out_accuracy=info.held_out_accuracy,
     )

@@ -74,6 +74,9 @@ class ClassifiersServicer(classifiers_pb2_grpc.ClassifiersServicer):
             )
             if which == "few_shot"
             else None,
+            linear=FewShot([FewShotClass(c.label, list(c.images)) for c in request.linear.classes])
+            if which == "linear"
+            else None,
             model=request.model.name,
             version=request.model.version,
         )
@@ -104,4 +107,5 @@ def _info(info: ClassifierInfo) -> classifiers_pb2.ClassifierInfo:
         templates=info.templates,
         shots=info.shots,
         versions=info.versions,
+        held_out_accuracy=info.held_out_accuracy,
     )
