@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 from lens_client import (  # register the commands
     cli_classify,
     cli_deploy,
+    cli_import,
     cli_index,
     cli_models,
 )
@@ -21,7 +22,7 @@ from lens_client.cli_common import app
 for _plugin in entry_points(group="lens.cli"):
     _plugin.load()(app)
 
-__all__ = ["app", "cli_classify", "cli_deploy", "cli_index", "cli_models"]
+__all__ = ["app", "cli_classify", "cli_deploy", "cli_import", "cli_index", "cli_models"]
 
 if __name__ == "__main__":
     app()
