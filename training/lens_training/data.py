@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN = ("mnist", "digits")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# The other name of each digit that captions use: people label digits "7" as often as "seven".
+DIGIT_NUMERALS = tuple((str(i),) for i in range(10))
 
 
 class DataError(ValueError):
@@ -43,6 +45,8 @@ class ImageSet:
     captions: list[str] | None = None
     name: str = ""
     skipped: int = 0  # unreadable images left out
+    # Other names of each class (a tuple per class), used in made-up captions beside `classes`.
+    aliases: tuple[tuple[str, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -107,7 +111,8 @@ def _builtin(name: str, to_pixels) -> ImageSet:
         digits = load_digits()
         images, y = (digits.images * (255 / 16)).astype(np.uint8), digits.target
     pixels = torch.stack([to_pixels(Image.fromarray(a, mode="L")) for a in images])
-    return ImageSet(pixels, torch.as_tensor(y, dtype=torch.int64), DIGIT_NAMES, name=name)
+    labels = torch.as_tensor(y, dtype=torch.int64)
+    return ImageSet(pixels, labels, DIGIT_NAMES, name=name, aliases=DIGIT_NUMERALS)
 
 
 def _decode(data: bytes | Path, to_pixels, where: str) -> torch.Tensor | None:
@@ -221,10 +226,14 @@ def _shards(shards: list[Path], to_pixels) -> ImageSet:
 def caption_labels(
     data: ImageSet, templates: tuple[str, ...], generator: torch.Generator
 ) -> list[str]:
-    """Captions for a labelled set without any: a random template per image."""
+    """Captions for a labelled set without any: per image, a random template filled with a
+    random one of its class's names (the class, or one of its `aliases`)."""
     if data.labels is None:
         raise DataError(f"{data.name}: CLIP needs captions or labels")
+    names = [(c, *(data.aliases[i] if data.aliases else ())) for i, c in enumerate(data.classes)]
     picks = torch.randint(len(templates), (len(data),), generator=generator).tolist()
+    which = torch.randint(1 << 30, (len(data),), generator=generator).tolist()
     return [
-        templates[t].format(data.classes[int(y)]) for t, y in zip(picks, data.labels, strict=True)
+        templates[t].format(names[int(y)][w % len(names[int(y)])])
+        for t, w, y in zip(picks, which, data.labels, strict=True)
     ]

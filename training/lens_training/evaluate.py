@@ -118,7 +118,8 @@ def evaluate(
     templates: Sequence[str] = DIGIT_TEMPLATES,
     probe: bool = True,
 ) -> dict[str, float]:
-    """Every metric that applies: knn_top1, linear_probe_top1, zero_shot_top1 (CLIP), and the
+    """Every metric that applies: knn_top1, linear_probe_top1, zero_shot_top1 (CLIP; and
+    zero_shot_top1_aliases, by the classes' other names, where the set has them), and the
     held-out embedding's `spread` (embedding_std, effective_rank)."""
     if train.labels is None or test.labels is None:
         return {}
@@ -131,6 +132,10 @@ def evaluate(
         metrics["zero_shot_top1"] = zero_shot_top1(
             method, f_test, test.labels, test.classes, templates
         )
+        if test.aliases:  # the same, labelled by each class's first other name ("7")
+            metrics["zero_shot_top1_aliases"] = zero_shot_top1(
+                method, f_test, test.labels, [a[0] for a in test.aliases], templates
+            )
     return metrics
 
 
