@@ -82,6 +82,10 @@ def finetune_command(
         fail(str(e), 2)
     target = name or init.partition(":")[0]
     head = classifier or f"{target}-finetuned"
+    from lens_server.classifiers import ClassifierStore
+
+    if head in ClassifierStore(repo).names():
+        fail(f"--classifier {head}: a saved classifier of that name exists", 2)
     try:
         result = run(job, repo, target, head, steps, batch_size, lr)
     except (ParityError, LensError, TrainError, OSError) as e:
