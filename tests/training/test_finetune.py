@@ -49,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 def test_finetune_beats_the_linear_probe_on_a_tenth_of_the_labels(trained):
     result = lens(
         *("finetune", "--init", "digits:1", "--data", "digits", "--label-fraction", "0.1"),
-        *("--steps", "60", "--batch-size", "32", "--lr", "1e-3", "--repo", str(trained)),
+        *("--steps", "60", "--batch-size", "32", "--repo", str(trained)),
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.splitlines()[0])
