@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lens_server.collections.milvus_engine import SOURCE_PIECE
-from lens_server.collections.store import NewItem
-from lens_server.errors import InvalidInput
+from lens_server.collections.store import NewItem, filter_terms
 
 if TYPE_CHECKING:
     from lens_server.collections.milvus import MilvusCollection
@@ -63,20 +62,10 @@ def milvus_filter(filter_: dict[str, Any]) -> str:
     """lens's metadata filter (key: value, or key: {"in": [values]}, all keys to match) as a
     Milvus boolean expression on the `metadata` JSON field."""
     clauses = []
-    for key, want in filter_.items():
-        if isinstance(want, dict):
-            values = want.get("in")
-            if set(want) != {"in"} or not isinstance(values, list) or not values:
-                raise InvalidInput(
-                    f'filter on {key!r}: use a value or {{"in": [values]}}, got {want}'
-                )
-        else:
-            values = [want]
-        field = f"metadata[{json.dumps(str(key))}]"
+    for key, values in filter_terms(filter_):
+        field = f"metadata[{json.dumps(key)}]"
         ors = []
         for value in values:
-            if isinstance(value, (dict, list)):
-                raise InvalidInput(f"filter on {key!r}: values must be scalars")
             if value is None:
                 ors.append(f"{field} is null")
             else:

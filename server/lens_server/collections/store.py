@@ -212,19 +212,8 @@ class ItemStore:
     def matching(self, filter_: dict[str, Any]) -> np.ndarray:
         """Rows whose metadata match `filter_` (key → value, or key → {"in": [values]})."""
         clauses, params = [], []
-        for key, want in filter_.items():
+        for key, values in filter_terms(filter_):
             path = "$." + json.dumps(key)
-            if isinstance(want, dict):
-                values = want.get("in")
-                if set(want) != {"in"} or not isinstance(values, list) or not values:
-                    raise InvalidInput(
-                        f'filter on {key!r}: use a value or {{"in": [values]}}, got {want}'
-                    )
-            else:
-                values = [want]
-            for value in values:
-                if isinstance(value, (dict, list)):
-                    raise InvalidInput(f"filter on {key!r}: values must be scalars")
             ors = []
             for value in values:
                 if value is None:
@@ -258,6 +247,26 @@ class ItemStore:
 
     def _stored(self, r: tuple) -> StoredRow:
         return StoredRow(r[0], r[1], np.frombuffer(r[2], "<f4").copy(), r[3], r[4])
+
+
+def filter_terms(filter_: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    """A metadata filter (key → value, or key → {"in": [values]}; every key must match) as
+    (key, the scalar values any of which it may hold); InvalidInput names a malformed term."""
+    terms = []
+    for key, want in filter_.items():
+        if isinstance(want, dict):
+            values = want.get("in")
+            if set(want) != {"in"} or not isinstance(values, list) or not values:
+                raise InvalidInput(
+                    f'filter on {key!r}: use a value or {{"in": [values]}}, got {want}'
+                )
+        else:
+            values = [want]
+        for value in values:
+            if isinstance(value, (dict, list)):
+                raise InvalidInput(f"filter on {key!r}: values must be scalars")
+        terms.append((str(key), values))
+    return terms
 
 
 def _json_type(value: object) -> str:
