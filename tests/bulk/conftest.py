@@ -73,7 +73,7 @@ def ray_address() -> Iterator[str]:
     yield f"127.0.0.1:{port}"
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(30)
+        head.wait(10)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(10)

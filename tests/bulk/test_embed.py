@@ -209,7 +209,10 @@ def test_killed_run_resumes_each_input_once(photos, tiny_repo, ray_address, tmp_
         "--quiet",
     ]
     first = subprocess.Popen(
-        [str(LENS), "bulk", "embed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(LENS), "bulk", "embed", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=RAY_ENV,
     )
     deadline = time.monotonic() + 240
     while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
