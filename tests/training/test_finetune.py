@@ -5,7 +5,9 @@ on the same frozen encoder; bad input refused before any step."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,10 +87,15 @@ def test_bad_input_is_refused_before_training(trained, args, message):
     assert message in result.stderr
 
 
-def test_an_imported_model_and_an_empty_class_are_refused(tiny_repo, trained, tmp_path):
-    result = lens("finetune", "--init", "tiny", "--data", "digits", "--repo", str(tiny_repo))
+def test_a_version_without_weights_and_an_empty_class_are_refused(tiny_repo, trained, tmp_path):
+    # A version holding only its ONNX programs (no checkpoint.pt to start from); a copy, since
+    # the shared repository must stay as it is.
+    repo = Path(shutil.copytree(tiny_repo, tmp_path / "repo"))
+    (repo / "tiny" / "1" / "checkpoint.pt").unlink()
+    result = lens("finetune", "--init", "tiny", "--data", "digits", "--repo", str(repo))
     assert result.returncode == 2
     assert "--init tiny: the version has no checkpoint.pt" in result.stderr
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1"]  # nothing written
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data" / "a" / "0.png")
