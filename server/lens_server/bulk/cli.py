@@ -66,6 +66,12 @@ def embed(
     actor_cpus: Annotated[
         float, typer.Option(help="CPUs each actor reserves (fractions leave room to read).")
     ] = 0.5,
+    actor_gpus: Annotated[
+        float, typer.Option(help="GPUs each actor reserves (its towers then run on CUDA).")
+    ] = 0.0,
+    read_cpus: Annotated[
+        float, typer.Option(help="CPUs each read-and-decode task reserves.")
+    ] = 0.5,
     batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 64,
     shard_size: Annotated[int, typer.Option(help="Inputs per output shard.")] = 10_000,
     resume: Annotated[
@@ -82,17 +88,23 @@ def embed(
     if to_collection and not server:
         _fail("--to-collection needs --server HOST:PORT")
     try:
-        target, _ = resolve(repo, model)
+        target, version = resolve(repo, model)
         planned = plan(inputs, ListColumns(url_col, caption_col))
+        if not planned:
+            _fail(f"no image inputs in {' '.join(inputs)}")
+        assert version.image is not None
         job = Job(
             repo,
             out,
             target,
+            version.image,
             server=None if to_collection else server,
             shard_size=shard_size,
             batch_size=batch_size,
             actors=actors,
             actor_cpus=actor_cpus,
+            actor_gpus=actor_gpus,
+            read_cpus=read_cpus,
             resume=resume,
             progress=not quiet,
         )

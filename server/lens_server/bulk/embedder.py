@@ -1,9 +1,10 @@
 """The actors of `lens bulk embed`: a batch of read inputs → their embeddings.
 
 `VersionEmbedder` opens the model version as `lens serve` does (`open_towers`: the files
-checked against their sha256, the runtime `RuntimeConfig` picks) and preprocesses with the
-server's `ImagePreprocessor`, so that a bulk vector is the server's `Embed` vector for the same
-bytes. `ServerEmbedder` asks a running lens server instead, for models kept on servers only.
+checked against their sha256, the runtime `RuntimeConfig` picks), fed pixels that read tasks
+made with the server's `ImagePreprocessor` (`decode_batch`), so that a bulk vector is the
+server's `Embed` vector for the same bytes. `ServerEmbedder` asks a running lens server
+instead, for models kept on servers only.
 Each returns {"index", "embedding" (N, dim) float32, "error"}; an input that fails gets its
 reason and a zero row, and never fails the batch.
 """
@@ -16,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from lens_server.config import ServerConfig
+from lens_server.config import Limits, ServerConfig
 from lens_server.errors import LensError
 from lens_server.model import open_towers
 from lens_server.preprocess import ImagePreprocessor
 from lens_server.repository import Repository
-from lens_server.repository.manifest import Manifest
+from lens_server.repository.manifest import ImageSpec, Manifest
 from lens_server.vectors import l2_normalize
 
 
@@ -55,8 +56,23 @@ def resolve(repo: Path, model: str) -> tuple[Target, Manifest]:
     return Target(name, version, manifest.dim), manifest
 
 
+def decode_batch(batch: dict[str, Any], spec: ImageSpec, limits: Limits) -> dict[str, Any]:
+    """Ray task, after `read_batch`: bytes → the server's preprocessed pixels, float32
+    (N, 3, size, size) (zeros where the input failed, its reason in "error")."""
+    preprocess = ImagePreprocessor(spec, limits)
+    errors = [str(e) for e in batch["error"]]
+    pixels = np.zeros((len(errors), 3, spec.size, spec.size), np.float32)
+    for i, data in enumerate(batch["data"]):
+        if not errors[i]:
+            try:
+                pixels[i] = preprocess(bytes(data))
+            except LensError as e:
+                errors[i] = str(e)
+    return {"index": batch["index"], "pixels": pixels, "error": errors}
+
+
 class VersionEmbedder:
-    """Ray actor: the version's image tower on this node."""
+    """Ray actor: the version's image tower on this node, fed `decode_batch`'s pixels."""
 
     def __init__(self, repo: str, name: str, version: int) -> None:
         store = Repository(Path(repo))
@@ -65,23 +81,14 @@ class VersionEmbedder:
         config = ServerConfig(repo=Path(repo))
         assert manifest.image is not None
         self._tower = open_towers(manifest, folder, config)["image"].tower
-        self._preprocess = ImagePreprocessor(manifest.image, config.limits)
         self._dim = manifest.dim
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        errors = list(batch["error"])
-        pixels, rows = [], []
-        for i, data in enumerate(batch["data"]):
-            if errors[i]:
-                continue
-            try:
-                pixels.append(self._preprocess(bytes(data)))
-                rows.append(i)
-            except LensError as e:
-                errors[i] = str(e)
+        errors = [str(e) for e in batch["error"]]
+        rows = [i for i, e in enumerate(errors) if not e]
         out = np.zeros((len(errors), self._dim), np.float32)
         if rows:
-            out[rows] = l2_normalize(self._tower(np.stack(pixels)))
+            out[rows] = l2_normalize(self._tower(np.ascontiguousarray(batch["pixels"][rows])))
         return {"index": batch["index"], "embedding": out, "error": errors}
 
 

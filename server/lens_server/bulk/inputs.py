@@ -91,6 +91,7 @@ def _shard(shard: Path) -> list[Planned]:
     if not tarfile.is_tarfile(shard):
         raise InvalidInput(f"{shard}: not a tar file")
     samples: dict[str, dict[str, tarfile.TarInfo]] = defaultdict(dict)
+    planned = []
     try:
         with tarfile.open(shard) as tar:
             for info in tar:  # walks every header: a truncated shard fails here
@@ -98,16 +99,15 @@ def _shard(shard: Path) -> list[Planned]:
                     key, _, ext = info.name.partition(".")
                     samples[key][ext.lower()] = info
             _check_complete(tar, shard)
+            for key, members in samples.items():
+                image = next((members[k] for k in TAR_IMAGE_KEYS if k in members), None)
+                if image is None:
+                    continue  # a sample with no image (a caption alone) is not an input
+                caption = members.get(TAR_CAPTION_KEY)
+                text = _member_text(tar, caption) if caption else None
+                planned.append(Planned(key, str(shard.resolve()), image.name, text))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise InvalidInput(f"{shard}: truncated or corrupt tar ({e})") from None
-    planned = []
-    for key, members in samples.items():
-        image = next((members[k] for k in TAR_IMAGE_KEYS if k in members), None)
-        if image is None:
-            continue  # a sample with no image (a caption alone) is not an image input
-        caption = members.get(TAR_CAPTION_KEY)
-        text = _member_text(shard, caption) if caption else None
-        planned.append(Planned(key, str(shard.resolve()), image.name, text))
     return planned
 
 
@@ -121,10 +121,9 @@ def _check_complete(tar: tarfile.TarFile, shard: Path) -> None:
             raise tarfile.ReadError(f"member {last.name} ends past the end of the file")
 
 
-def _member_text(shard: Path, info: tarfile.TarInfo) -> str:
-    with tarfile.open(shard) as tar:
-        f = tar.extractfile(info)
-        return f.read().decode("utf-8", "replace").strip() if f else ""
+def _member_text(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
+    f = tar.extractfile(info)
+    return f.read().decode("utf-8", "replace").strip() if f else ""
 
 
 def _listed(path: Path, columns: ListColumns) -> list[Planned]:

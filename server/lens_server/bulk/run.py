@@ -1,12 +1,14 @@
 """A `lens bulk embed` run on Ray Data: read tasks, an actor pool of embedders, shards.
 
 The driver plans the inputs (`inputs.plan`), leaves out the shards a `--resume` finds done,
-and streams the rest through Ray Data: `map_batches(read_batch)` reads bytes in parallel
-tasks, `map_batches(VersionEmbedder | ServerEmbedder)` embeds them on an actor pool. Results
+and streams the rest through Ray Data: `map_batches(read_batch)` reads bytes and
+`map_batches(decode_batch)` preprocesses them in parallel tasks (fused into one),
+`map_batches(VersionEmbedder | ServerEmbedder)` embeds them on an actor pool. Results
 come back to the driver, which writes each shard once all its inputs are in.
 
-Actors ask for a fraction of a CPU (`actor_cpus`): an actor pool holding every CPU leaves the
-read tasks none, and the job waits forever. ONNX Runtime still uses the node's cores.
+Actors and read tasks ask for a fraction of a CPU (`actor_cpus`, `read_cpus`): an actor pool
+holding every CPU leaves the read tasks none, and the job waits forever. ONNX Runtime still
+uses the node's cores.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lens_server.bulk import output
-from lens_server.bulk.embedder import ServerEmbedder, Target, VersionEmbedder
+from lens_server.bulk.embedder import ServerEmbedder, Target, VersionEmbedder, decode_batch
 from lens_server.bulk.inputs import Planned, read_batch
+from lens_server.config import ServerConfig
 from lens_server.errors import FailedPrecondition, Unavailable
+from lens_server.repository.manifest import ImageSpec
 
 
 @dataclass(frozen=True)
@@ -33,19 +38,22 @@ class Job:
     repo: Path
     out: Path
     target: Target
+    image: ImageSpec  # the version's preprocessing, for the read tasks
     server: str | None = None  # embed through this lens server instead of the repository
     shard_size: int = 10_000
     batch_size: int = 64
     actors: int = 0  # 0: one per two CPUs of the cluster, at least one
     actor_cpus: float = 0.5
+    actor_gpus: float = 0.0  # per actor: a GPU node's towers run on CUDA, as the server's
+    read_cpus: float = 0.5
     resume: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.shard_size < 1 or self.batch_size < 1 or self.actors < 0:
             raise ValueError("--shard-size and --batch-size must be >= 1, --actors >= 0")
-        if self.actor_cpus <= 0:
-            raise ValueError(f"--actor-cpus must be > 0, got {self.actor_cpus}")
+        if self.actor_cpus <= 0 or self.read_cpus <= 0 or self.actor_gpus < 0:
+            raise ValueError("--actor-cpus and --read-cpus must be > 0, --actor-gpus >= 0")
 
 
 def connect(address: str | None, num_cpus: int | None) -> None:
@@ -98,7 +106,16 @@ def run(job: Job, inputs: list[Planned]) -> dict[str, Any]:
         rows = [{"index": i, "source": inputs[i].source, "member": inputs[i].member} for i in todo]
         blocks = _blocks(len(rows), job.batch_size)
         ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(read_batch, batch_size=job.batch_size, batch_format="numpy")
+        ds = ds.map_batches(
+            read_batch, batch_size=job.batch_size, batch_format="numpy", num_cpus=job.read_cpus
+        )
+        if not job.server:  # decoded where read; a server decodes what it is sent
+            ds = ds.map_batches(
+                partial(decode_batch, spec=job.image, limits=ServerConfig().limits),
+                batch_size=job.batch_size,
+                batch_format="numpy",
+                num_cpus=job.read_cpus,
+            )
         actors = job.actors or max(1, int(ray.cluster_resources().get("CPU", 2) // 2))
         embedder, kwargs = _embedder(job)
         ds = ds.map_batches(
@@ -108,6 +125,7 @@ def run(job: Job, inputs: list[Planned]) -> dict[str, Any]:
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=job.actor_cpus,
+            num_gpus=job.actor_gpus,
         )
         _collect(job, plan, inputs, ds, bar)
     bar.close()
