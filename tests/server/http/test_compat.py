@@ -21,6 +21,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -376,7 +377,9 @@ def test_every_compat_route_has_a_scope():
     paths = app.openapi()["paths"]
     routes = {(method.upper(), path) for path, ops in paths.items() for method in ops}
     assert {("POST", "/predict"), ("POST", "/vectorize"), ("GET", "/ping")} <= routes
-    assert routes - set(scopes.HTTP) == set()
+    # The schema names a path parameter without its converter ({item}, not {item:path}).
+    known = {(method, re.sub(r":\w+}", "}", path)) for method, path in scopes.HTTP}
+    assert routes - known == set()
 
 
 @pytest.mark.parametrize(
