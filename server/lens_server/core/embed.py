@@ -79,10 +79,18 @@ class Embedding:
                     f"of {limits.max_text_chars}"
                 )
 
-    def token_counts(self, texts: Sequence[str], model: str = "", version: int = 0) -> list[int]:
+    def token_counts(
+        self,
+        texts: Sequence[str],
+        model: str = "",
+        version: int = 0,
+        pinned: LoadedVersion | None = None,
+    ) -> list[int]:
         """Tokens each text takes in the model's tokenizer (start and end tokens included,
-        truncated at the context length), as OpenAI's `usage` counts them."""
-        with self.registry.lease(model, version) as loaded:
+        truncated at the context length), as OpenAI's `usage` counts them; through `pinned`
+        where the caller holds a version already."""
+        with contextlib.ExitStack() as held:
+            loaded = pinned or held.enter_context(self.registry.lease(model, version))
             if loaded.text is None:
                 raise FailedPrecondition(
                     f"model {loaded.name} version {loaded.version} has no text tower"

@@ -84,11 +84,12 @@ async def embeddings(
     name, version = model_ref(body.model)
     if body.dimensions is not None and body.dimensions < 1:
         raise InvalidInput(f"dimensions must be >= 1, got {body.dimensions}")
-    embedded = await core.embedding.embed(inputs, name, version, dimensions=body.dimensions or 0)
     words = [t for t in inputs if isinstance(t, str)]
-    tokens = (
-        sum(core.embedding.token_counts(words, embedded.model, embedded.version)) if words else 0
-    )
+    # One version for the vectors and their token count: a deploy between the two must not
+    # retire the version that embedded them.
+    with core.embedding.hold(name, version) as held:
+        embedded = await core.embedding.embed(inputs, pinned=held, dimensions=body.dimensions or 0)
+        tokens = sum(core.embedding.token_counts(words, pinned=held)) if words else 0
     vectors = encode_vectors(embedded.vectors, body.encoding_format)
     return EmbeddingsResponse(
         data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
