@@ -98,7 +98,16 @@ class MilvusEngine:
                 pymilvus = _pymilvus()
                 with self.errors("connect"):
                     client = pymilvus.MilvusClient(
-                        uri=self.uri, token=self.token, timeout=self.timeout_s
+                        uri=self.uri,
+                        token=self.token,
+                        timeout=self.timeout_s,
+                        # Its own channel: pymilvus otherwise shares one per address across
+                        # clients, and a channel broken under one (below) breaks them all.
+                        dedicated=True,
+                        # pymilvus pings every 10 s even while idle; an engine that does not
+                        # permit that (milvus-lite) answers GOAWAY "too many pings" and the
+                        # next call fails. Pings only while calls are in flight.
+                        grpc_options={"grpc.keepalive_permit_without_calls": False},
                     )
                     self._ensure_meta(client)
                 self._client = client
