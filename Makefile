@@ -66,7 +66,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 pytest: setup
-	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/pytest -q -ra --durations=30 $(PYTEST_ARGS)
 
 # Serving overhead on ViT-B-32 (random weights unless it was imported with real ones).
 bench: setup
