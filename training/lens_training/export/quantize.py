@@ -5,15 +5,15 @@ Runtime fuses into integer kernels on load): uint8 activations with ranges calib
 inputs (MinMax), int8 weights per output channel in a 7-bit range (`reduce_range`). The 7 bits
 are for CPUs without VNNI: there ONNX Runtime's uint8×int8 kernel (AVX2 `vpmaddubsw`) adds
 pairs of products in int16 and saturates; measured on the tiny CLIP on an AVX2-only CPU, full
-8-bit weights reach min cosine 0.9889 (image) and 0.9754 (text) to fp32, 7-bit ones 0.99991
-and 0.9981. An export does not know the CPU that will serve it, so every export takes 7 bits. Only the linear layers are quantized
-(`MatMul`, `Gemm`, `Conv`: the patch embedding, attention's Q/K/V and output projections, the
-MLPs); LayerNorm, GELU, the ONNX `Attention` op (its softmax and batched products) and the
-final projection into the embedding space stay fp32. Measured on the tiny CLIP: quantizing
-`Attention` too quantizes its mask and drives text cosine to -0.26. Keeping one linear node
-fp32 at a time (models/README.md gives the figures), the final projection is the image
-tower's most sensitive node; the text tower's is its first linear node, but every tower is
-far above its gate with only the final projection kept, so that is the rule.
+8-bit weights reach min cosine 0.9889 (image) and 0.9754 (text) to fp32, 7-bit ones 0.99991 and
+0.9981. An export does not know the CPU that will serve it, so every export takes 7 bits. Only
+the linear layers are quantized (`MatMul`, `Gemm`, `Conv`: the patch embedding, attention's
+Q/K/V and output projections, the MLPs); LayerNorm, GELU, the ONNX `Attention` op (its softmax
+and batched products) and the final projection into the embedding space stay fp32. Measured on
+the tiny CLIP: quantizing `Attention` too quantizes its mask and drives text cosine to -0.26.
+Keeping one linear node fp32 at a time (models/README.md gives the figures), the final
+projection is the image tower's most sensitive node; the text tower's is its first linear node,
+but every tower is far above its gate with only the final projection kept, so that is the rule.
 
 Parity is the cosine similarity of each int8 tower's embeddings to the fp32 tower's on the
 export's parity set (lens preprocessing and ONNX Runtime on both sides, as the server runs
