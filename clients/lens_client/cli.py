@@ -8,6 +8,7 @@ of the group `lens.cli` (a function that registers its commands on the app), so 
 imports neither.
 """
 
+import sys
 from importlib.metadata import entry_points
 
 from lens_client import (  # register the commands
@@ -22,7 +23,17 @@ from lens_client.cli_common import app
 for _plugin in entry_points(group="lens.cli"):
     _plugin.load()(app)
 
-__all__ = ["app", "cli_classify", "cli_deploy", "cli_import", "cli_index", "cli_models"]
+__all__ = ["app", "cli_classify", "cli_deploy", "cli_import", "cli_index", "cli_models", "main"]
+
+
+def main() -> None:
+    """The console script. `lens train finetune ...` is `lens finetune ...`: fine-tuning sits
+    with the training methods in users' minds, but `lens train` takes the method as an argument
+    with the pretraining options, which fine-tuning does not share."""
+    if sys.argv[1:3] == ["train", "finetune"]:
+        del sys.argv[1]
+    app()
+
 
 if __name__ == "__main__":
-    app()
+    main()

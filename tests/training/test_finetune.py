@@ -1,6 +1,7 @@
 """`lens finetune` through the CLI as a process: a short SimCLR run on the built-in digits,
 exported to a temporary repository, fine-tuned on 10% of the labels against the linear probe
-on the same frozen encoder; bad input refused before any step."""
+on the same frozen encoder, then deployed on a real server that classifies through the
+fine-tuned head; bad input refused before any step."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from PIL import Image
 from lens_server.classifiers import ClassifierStore
 from lens_server.repository import Repository
 from lens_training.config import TrainConfig
+from lens_training.data import DIGIT_NAMES
 from lens_training.export.trained import export_run
 from lens_training.loop import Trainer
-from tests.conftest import LENS
+from tests.conftest import LENS, ServerProcess, encode
 
 
 def lens(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,8 +51,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_finetune_beats_the_linear_probe_on_a_tenth_of_the_labels(trained):
-    result = lens(
-        *("finetune", "--init", "digits:1", "--data", "digits", "--label-fraction", "0.1"),
+    result = lens(  # `lens train finetune` is `lens finetune`
+        *("train", "finetune", "--init", "digits:1", "--data", "digits"),
+        "--label-fraction",
+        "0.1",
         *("--steps", "60", "--batch-size", "32", "--repo", str(trained)),
     )
     assert result.returncode == 0, result.stderr
@@ -65,6 +69,29 @@ def test_finetune_beats_the_linear_probe_on_a_tenth_of_the_labels(trained):
     dim = Repository(trained).manifest("digits", 2).dim
     assert weights is not None and weights.shape == (10, dim + 1)
     assert sum(len(e) for e in store.examples(spec)) == figures["labelled"]
+
+    # both deployable: the new version serves, and Classify answers through the head
+    from sklearn.datasets import load_digits
+
+    from lens_client import LensClient
+
+    digits = load_digits()
+    images = [
+        encode(Image.fromarray((a * (255 / 16)).astype(np.uint8), mode="L"))
+        for a in digits.images[-200:]  # the last 200 of the 1,797: mostly held out
+    ]
+    server = ServerProcess(trained, "--default-model", "digits")
+    try:
+        deployed = lens("deploy", "digits", "2", "--server", server.address)
+        assert deployed.returncode == 0, deployed.stderr
+        with LensClient(server.address) as client:
+            assert client.get_model("digits")["serving_version"] == 2
+            answers = client.classify(images, classifier="digits-finetuned", model="digits")
+        predicted = [DIGIT_NAMES.index(a[0]["label"]) for a in answers]
+        accuracy = float(np.mean(np.asarray(predicted) == digits.target[-200:]))
+        assert accuracy >= figures["finetuned"] - 0.1, (accuracy, figures)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(

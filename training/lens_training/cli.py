@@ -42,7 +42,12 @@ DEFAULT_ARCH = {
 
 def train(
     ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="clip, simclr, mae, moco, byol, barlow or vicreg.")],
+    method: Annotated[
+        str,
+        typer.Argument(
+            help="clip, simclr, mae, moco, byol, barlow or vicreg (finetune: see lens finetune)."
+        ),
+    ],
     data: Annotated[
         str,
         typer.Option(
