@@ -18,7 +18,7 @@ else
 LENS_MODEL ?= clip-vit-b-32
 endif
 BENCH_MODEL ?= clip-vit-b-32
-EXTRAS ?= train,index,bulk,milvus,dev
+EXTRAS ?= train,index,bulk,milvus,pgvector,dev
 PROTOS := $(wildcard protos/lens/v1/*.proto protos/inference/*.proto)
 
 .PHONY: setup proto model serve test lint format typecheck pytest bench clean

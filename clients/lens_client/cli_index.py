@@ -42,16 +42,16 @@ def index_create(
     backend: Annotated[
         str,
         typer.Option(
-            help="Where the collection lives: faiss (this server) or milvus (the server's "
-            "Milvus engine, --milvus-uri)."
+            help="Where the collection lives: faiss (this server), milvus (the server's "
+            "Milvus engine, --milvus-uri) or pgvector (its PostgreSQL, --pg-dsn)."
         ),
     ] = "faiss",
     server: Server = codec.DEFAULT_SERVER,
     api_key: ApiKey = None,
 ) -> None:
     """Create a collection pinned to a model version (or of raw vectors with --dim)."""
-    if backend not in ("faiss", "milvus"):
-        fail(f"--backend must be faiss or milvus, got {backend!r}", 2)
+    if backend not in ("faiss", "milvus", "pgvector"):
+        fail(f"--backend must be faiss, milvus or pgvector, got {backend!r}", 2)
     with connect(server, api_key=api_key) as client:
         print_json(
             client.create_collection(

@@ -25,6 +25,7 @@ from lens_server.access.gate import Gate
 from lens_server.classifiers import ClassifierStore
 from lens_server.collections import Collections
 from lens_server.collections.milvus_engine import MilvusEngine
+from lens_server.collections.pgvector_engine import PgEngine
 from lens_server.config import ServerConfig
 from lens_server.core import Core
 from lens_server.deploy import Deployments
@@ -79,7 +80,8 @@ class LensServer:
         self.metrics = Metrics() if config.metrics else None
         self.registry = Registry(Repository(config.repo), config, self._decode_pool, self.metrics)
         milvus = MilvusEngine(config.milvus_uri) if config.milvus_uri else None
-        self.collections = Collections(config.collections, milvus)
+        pgvector = PgEngine(config.pg_dsn) if config.pg_dsn else None
+        self.collections = Collections(config.collections, milvus, pgvector)
         self.classifiers = ClassifierStore(config.repo)
         self.deployments = Deployments(self.registry, self.collections, self.classifiers)
         self.core = Core.of(

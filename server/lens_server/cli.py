@@ -81,6 +81,14 @@ def serve(
             help="Milvus for collections created with --backend milvus (http://host:19530).",
         ),
     ] = "",
+    pg_dsn: Annotated[
+        str,
+        typer.Option(
+            envvar="LENS_PG_DSN",
+            help="PostgreSQL with pgvector for collections created with --backend pgvector "
+            "(postgresql://user@host:port/db).",
+        ),
+    ] = "",
     default_model: Annotated[
         str | None,
         typer.Option(envvar="LENS_DEFAULT_MODEL", help="Model for requests naming none."),
@@ -256,6 +264,7 @@ def serve(
             repo=repo,
             collections=collections,
             milvus_uri=milvus_uri,
+            pg_dsn=pg_dsn,
             host=host,
             port=port,
             http_port=-1 if no_http else http_port,

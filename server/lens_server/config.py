@@ -161,6 +161,9 @@ class ServerConfig:
     collections: Path = Path("collections")
     # The Milvus engine of collections with backend "milvus" ('' none): http://host:19530.
     milvus_uri: str = ""
+    # The PostgreSQL + pgvector database of collections with backend "pgvector" ('' none):
+    # postgresql://user@host:port/db.
+    pg_dsn: str = ""
     host: str = "127.0.0.1"
     port: int = 50051
     # The HTTP/JSON front door, on the same host: 0 any free port, -1 off.

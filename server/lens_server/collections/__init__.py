@@ -1,5 +1,6 @@
 """Durable nearest-neighbour collections: SQLite as the source of truth and FAISS for search,
-or a Milvus engine for both (`backend="milvus"`)."""
+or a Milvus engine (`backend="milvus"`) or PostgreSQL with pgvector (`backend="pgvector"`) for
+both."""
 
 from lens_server.collections.collection import Collection, Hit
 from lens_server.collections.faiss_index import IndexConfig

@@ -23,6 +23,7 @@ import numpy as np
 
 from lens_server.collections.collection import Hit
 from lens_server.collections.faiss_index import VectorIndex
+from lens_server.collections.flat import duplicate_pairs
 from lens_server.collections.milvus_engine import (
     MAX_SOURCE_BYTES,
     MilvusEngine,
@@ -277,28 +278,13 @@ class MilvusCollection:
     def duplicates(self, threshold: float, max_pairs: int) -> list[tuple[str, str, float]]:
         """Pairs of distinct items at least `threshold` similar, most similar first (the
         vectors are streamed out of Milvus into a flat index here)."""
-        spec = self.spec
         ids: list[str] = []
         chunks: list[np.ndarray] = []
         for batch in self._scan(self._table, ["id", "vector"]):
             ids.extend(r["id"] for r in batch)
             chunks.append(np.asarray([r["vector"] for r in batch], np.float32))
-        if not ids:
-            return []
-        vectors = np.concatenate(chunks)
-        rows = np.arange(len(ids), dtype=np.int64)
-        empty = np.empty((0, spec.dim), np.float32)
-        flat = VectorIndex.build("flat", spec.dim, spec.metric, spec.index, empty)
-        flat.add(rows, vectors)
-        limits, scores, hits = flat.range_search(vectors, threshold)
-        pairs = []
-        for a in range(len(ids)):
-            span = slice(limits[a], limits[a + 1])
-            for s, b in zip(scores[span].tolist(), hits[span].tolist(), strict=True):
-                if b > a:
-                    pairs.append((float(s), a, int(b)))
-        pairs.sort(key=lambda p: p[0], reverse=spec.metric != "l2")
-        return [(ids[a], ids[b], s) for s, a, b in pairs[:max_pairs]]
+        vectors = np.concatenate(chunks) if chunks else np.empty((0, self.spec.dim), np.float32)
+        return duplicate_pairs(self.spec, ids, vectors, threshold, max_pairs)
 
     def describe(self) -> dict[str, Any]:
         self.refresh()

@@ -15,7 +15,7 @@ from lens_server.errors import InvalidInput, Unavailable
 from lens_server.vectors import l2_normalize
 
 SPEC = "collection.json"
-BACKENDS = ("faiss", "milvus")
+BACKENDS = ("faiss", "milvus", "pgvector")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class CollectionSpec:
     version: int = 0
     index: IndexConfig = field(default_factory=IndexConfig)
     created: float = field(default_factory=time.time)
-    # Where the items live: "faiss" (this server's SQLite + FAISS) or "milvus" (the engine).
+    # Where the items live: "faiss" (this server's SQLite + FAISS), "milvus" or "pgvector"
+    # (the engine or database the server was started with).
     backend: str = "faiss"
 
     def __post_init__(self) -> None:

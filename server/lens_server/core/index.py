@@ -131,7 +131,8 @@ class Indexing:
     ) -> CollectionInfo:
         """A new collection of the vectors of `model:version` (the default model where no
         model and no `dim` is given), or of bare vectors of `dim` with no model, living in
-        `backend` ("faiss": this server; "milvus": its Milvus engine)."""
+        `backend` ("faiss": this server; "milvus": its Milvus engine; "pgvector": its
+        PostgreSQL database)."""
         metric = metric or "cosine"
         if metric not in METRICS:
             raise InvalidInput(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")

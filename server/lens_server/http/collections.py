@@ -57,9 +57,10 @@ class CreateCollectionRequest(BaseModel):
         default=None, description="NAME or NAME:VERSION; neither this nor dim: the default."
     )
     index: IndexSpec = Field(default_factory=IndexSpec)
-    backend: Literal["faiss", "milvus"] = Field(
+    backend: Literal["faiss", "milvus", "pgvector"] = Field(
         default="faiss",
-        description="faiss: this server's SQLite and FAISS; milvus: the server's Milvus engine.",
+        description="faiss: this server's SQLite and FAISS; milvus: the server's Milvus engine; "
+        "pgvector: the server's PostgreSQL database.",
     )
 
 

@@ -1,6 +1,7 @@
-"""The collection tests that hold for every backend, run on FAISS and on Milvus (a real
-milvus-lite server): writes, search with filters and exact, duplicates, restart, and the
-re-index with another model version answered throughout."""
+"""The collection tests that hold for every backend, run on FAISS, on Milvus (a real
+milvus-lite server) and on pgvector (a real PostgreSQL server): writes, search with filters
+and exact, duplicates, restart, and the re-index with another model version answered
+throughout."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from lens_server.collections import Collections, CollectionSpec, IndexConfig, NewItem
 from lens_server.collections.milvus_items import milvus_filter
+from lens_server.collections.pgvector_items import pg_filter
 from lens_server.errors import FailedPrecondition, InvalidInput
 
 _names = itertools.count()
@@ -24,16 +26,20 @@ class Backend:
     """Makes collections of one backend and opens them again as a restarted server would."""
 
     def __init__(self, kind: str, root: Path, uri: str) -> None:
+        """`uri`: Milvus's address, or PostgreSQL's DSN."""
         self.kind, self.root, self.uri = kind, root, uri
         self.opened: list[Collections] = []
 
     def collections(self) -> Collections:
-        engine = None
+        found = Collections(self.root)
         if self.kind == "milvus":
             from lens_server.collections.milvus_engine import MilvusEngine
 
-            engine = MilvusEngine(self.uri)
-        found = Collections(self.root, engine)
+            found = Collections(self.root, MilvusEngine(self.uri))
+        elif self.kind == "pgvector":
+            from lens_server.collections.pgvector_engine import PgEngine
+
+            found = Collections(self.root, pgvector=PgEngine(self.uri))
         found.open_all()
         self.opened.append(found)
         return found
@@ -50,13 +56,17 @@ class Backend:
         return self.collections().get(name)
 
 
-@pytest.fixture(params=["faiss", "milvus"])
+@pytest.fixture(params=["faiss", "milvus", "pgvector"])
 def backend(request, tmp_path) -> Iterator[Backend]:
-    uri = request.getfixturevalue("milvus").uri if request.param == "milvus" else ""
+    uri = ""
+    if request.param == "milvus":
+        uri = request.getfixturevalue("milvus").uri
+    elif request.param == "pgvector":
+        uri = request.getfixturevalue("pg").dsn
     made = Backend(request.param, tmp_path / "collections", uri)
     yield made
     for found in made.opened:
-        if made.kind == "faiss":
+        if made.kind != "milvus":
             found.close()
 
 
@@ -201,3 +211,16 @@ def test_the_filter_as_a_milvus_expression():
     assert milvus_filter({'q"uote': 'say "hi"'}) == '(metadata["q\\"uote"] == "say \\"hi\\"")'
     with pytest.raises(InvalidInput, match=re.escape('use a value or {"in": [values]}')):
         milvus_filter({"a": {"in": []}})
+
+
+def test_the_filter_as_sql_with_parameters():
+    condition, params = pg_filter({"a": "x", "b": {"in": [1, True, None]}})
+    assert condition == (
+        "(metadata -> %s = %s::jsonb) AND (metadata -> %s = %s::jsonb OR "
+        "metadata -> %s = %s::jsonb OR metadata -> %s = %s::jsonb)"
+    )
+    assert params == ["a", '"x"', "b", "1", "b", "true", "b", "null"]
+    quote = "x'); DROP TABLE lens_collections; --"
+    assert pg_filter({quote: quote}) == ("(metadata -> %s = %s::jsonb)", [quote, f'"{quote}"'])
+    with pytest.raises(InvalidInput, match=re.escape('use a value or {"in": [values]}')):
+        pg_filter({"a": {"in": []}})

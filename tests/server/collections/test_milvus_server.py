@@ -186,9 +186,11 @@ def test_bad_input(tiny_repo, tmp_path):
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "needs a server started with --milvus-uri" in err.value.details()
             with pytest.raises(grpc.RpcError) as err:
-                create(channel, "m", dim=4, index=index_pb2.IndexSpec(backend="pgvector"))
+                create(channel, "m", dim=4, index=index_pb2.IndexSpec(backend="qdrant"))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "backend must be one of faiss, milvus; got 'pgvector'" in err.value.details()
+            assert "backend must be one of faiss, milvus, pgvector; got 'qdrant'" in (
+                err.value.details()
+            )
         with grpc.insecure_channel(down.address) as channel:
             with pytest.raises(grpc.RpcError) as err:
                 create(channel, "m", model=common_pb2.ModelRef(name="tiny"),
@@ -203,7 +205,7 @@ def test_bad_input(tiny_repo, tmp_path):
         cli = lens_cli("index", "create", "m", "--dim", "4", "--backend", "pg",
                        "--server", down.address)  # fmt: skip
         assert cli.returncode == 2
-        assert cli.stderr.strip() == "lens: --backend must be faiss or milvus, got 'pg'"
+        assert cli.stderr.strip() == "lens: --backend must be faiss, milvus or pgvector, got 'pg'"
     finally:
         bare.stop()
         down.stop()
