@@ -312,8 +312,14 @@ class PgCollection:
         if target is None:
             return None
         total = self._count(self._table)
-        done = min(self._count(self._next), total)
-        return ReindexState(target.model, target.version, target.dim, done, total)
+        done = self.engine.count(self._next, f"counting the shadow of {self.spec.name}")
+        if done is None:  # swapped or cancelled meanwhile: what the record says now
+            self.refresh(force=True)
+            target = self._record.target
+            if target is None:
+                return None
+            done = 0
+        return ReindexState(target.model, target.version, target.dim, min(done, total), total)
 
     def begin_reindex(self, model: str, version: int, dim: int) -> None:
         """Starts re-embedding every item into the shadow table; resumes when that target is
@@ -448,8 +454,10 @@ class PgCollection:
     # -- helpers -----------------------------------------------------------------------------
 
     def _count(self, table: str) -> int:
-        with self.engine.connection(f"counting collection {self.spec.name}") as conn:
-            return int(conn.execute(f"SELECT count(*) FROM {quoted(table)}").fetchone()[0])
+        found = self.engine.count(table, f"counting collection {self.spec.name}")
+        if found is None:
+            raise Unavailable(f"collection {self.spec.name} was dropped")
+        return found
 
     def _scan(self, table: str, columns: str, batch: int = BATCH) -> Iterator[list[tuple]]:
         """The rows' `columns` in row order, `batch` at a time, through a server-side cursor."""

@@ -173,6 +173,16 @@ class PgEngine:
 
     # -- data tables -------------------------------------------------------------------------
 
+    def count(self, table: str, doing: str) -> int | None:
+        """Rows in `table`; None when it does not exist (a shadow that a swap or a cancel on
+        another replica, or this server's driver, removed after the caller read the record)."""
+        psycopg, _ = _psycopg()
+        with self.connection(doing) as conn:
+            try:
+                return int(conn.execute(f"SELECT count(*) FROM {quoted(table)}").fetchone()[0])
+            except psycopg.errors.UndefinedTable:
+                return None
+
     def create_table(self, conn: Any, spec: CollectionSpec, table: str, dim: int) -> None:
         """A fresh data table `table` of `dim` vectors for `spec`, on `conn` (in the caller's
         transaction).
