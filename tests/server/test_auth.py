@@ -354,14 +354,22 @@ def test_every_grpc_method_has_a_scope():
 
 def test_every_grpc_method_served_has_a_scope(keyed: ServerProcess):
     """What the running server answers, read through its (open) reflection service."""
-    with grpc.insecure_channel(keyed.address) as channel:
-        database = ProtoReflectionDescriptorDatabase(channel)
-        pool = DescriptorPool(database)
-        methods = {
-            f"/{name}/{method.name}"
-            for name in database.get_services()
-            for method in pool.FindServiceByName(name).methods
-        }
+
+    def served() -> set[str]:
+        with grpc.insecure_channel(keyed.address) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            pool = DescriptorPool(database)
+            return {
+                f"/{name}/{method.name}"
+                for name in database.get_services()
+                for method in pool.FindServiceByName(name).methods
+            }
+
+    try:
+        methods = served()
+    except grpc.RpcError as e:  # the reflection client's one stream, cut once in CI
+        assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+        methods = served()
     assert {"/lens.v1.Inference/Embed", "/grpc.health.v1.Health/Check"} <= methods
     assert methods - set(scopes.GRPC) == set()
 
