@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -38,6 +39,25 @@ def _bin() -> Path | None:
     return found if (found / "postgres").exists() else None
 
 
+@functools.cache
+def _reachable_bin() -> Path | None:
+    """The binaries where `nobody` can run them: a checkout under a folder private to root
+    (a 0700 home or temp dir) hides the virtualenv's copy, so as root they are copied once
+    (34 MB) to a folder under /tmp that everyone may read, in the wheel's layout: the binaries
+    find the wheel's shared libraries at $ORIGIN/../../../pgserver.libs, and PostgreSQL its
+    own libraries and the pgvector extension relative to its binaries."""
+    found = _bin()
+    if found is None:
+        return None
+    site = found.parents[2]  # site-packages: pgserver/pginstall/bin
+    home = Path(tempfile.mkdtemp(prefix="lens-pginstall-"))
+    home.chmod(0o755)
+    shutil.copytree(found.parent, home / "pgserver" / "pginstall", symlinks=True)
+    if (site / "pgserver.libs").is_dir():
+        shutil.copytree(site / "pgserver.libs", home / "pgserver.libs", symlinks=True)
+    return home / "pgserver" / "pginstall" / "bin"
+
+
 def require() -> None:
     """Skips (fails under CI=true) when the pgvector extra is not installed."""
     missing = [m for m in ("psycopg", "pgvector") if importlib.util.find_spec(m) is None]
@@ -58,9 +78,9 @@ class PgServer:
     answers."""
 
     def __init__(self, parent: Path) -> None:
-        self.bin = _bin()
-        assert self.bin is not None, "require() first"
         self.as_root = os.geteuid() == 0
+        self.bin = _reachable_bin() if self.as_root else _bin()
+        assert self.bin is not None, "require() first"
         # nobody must reach the data directory: under root, pytest's folders are 0700.
         self.home = Path(tempfile.mkdtemp(prefix="lens-pg-")) if self.as_root else parent
         self.data = self.home / "data"
