@@ -13,7 +13,6 @@ calls them from worker threads.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -23,7 +22,7 @@ import numpy as np
 
 from lens_server.collections.collection import Hit
 from lens_server.collections.faiss_index import VectorIndex
-from lens_server.collections.flat import duplicate_pairs
+from lens_server.collections.held import EngineCollection, metadata_text
 from lens_server.collections.milvus_engine import (
     MAX_SOURCE_BYTES,
     MilvusEngine,
@@ -35,7 +34,6 @@ from lens_server.collections.milvus_items import (
     BATCH,
     StoreView,
     item_row,
-    metadata_text,
     milvus_filter,
     source_of,
 )
@@ -45,7 +43,6 @@ from lens_server.collections.spec import (
     ModelVersion,
     check_dim,
     check_queries,
-    check_version,
 )
 from lens_server.collections.store import NewItem, StoredRow
 from lens_server.errors import FailedPrecondition, InvalidInput
@@ -53,22 +50,17 @@ from lens_server.errors import FailedPrecondition, InvalidInput
 _FIELDS = ["id", "vector", "metadata", "source_kind", "source", "written"]
 
 
-class MilvusCollection:
+class MilvusCollection(EngineCollection):
     """One collection in `engine`, described by `record` (see `milvus_engine.Record`)."""
 
     backend = "milvus"
-    # Seconds a replica trusts the record it read (see `refresh`).
-    FRESH_S = 1.0
+    engine: MilvusEngine
 
     def __init__(self, engine: MilvusEngine, record: Record) -> None:
-        self.engine = engine
-        self._record = record
-        self._write = threading.Lock()
-        self._seq = 0
+        super().__init__(engine, record)
         # Rows handed out by `pending_sources`: row → (id, the write it re-embeds).
         self._pending: dict[int, tuple[str, int]] = {}
         self._rows: dict[str, int] = {}
-        self._read_at = time.monotonic()
         self.store = StoreView(self)
         engine.point_alias(record.spec.name, record.generation)
 
@@ -80,23 +72,11 @@ class MilvusCollection:
         engine.save(record)
         return cls(engine, record)
 
-    @property
-    def spec(self) -> CollectionSpec:
-        return self._record.spec
-
-    def refresh(self, force: bool = False) -> None:
-        """Reads the record again when it is over `FRESH_S` old (or `force`): another replica
-        may have begun, cancelled or finished a re-index meanwhile."""
-        now = time.monotonic()
-        if not force and now - self._read_at < self.FRESH_S:
-            return
-        record = self.engine.record(self.spec.name)
-        self._read_at = now
-        if record is not None and record != self._record:
-            with self._write:
-                self._record = record
-                self._pending.clear()
-                self._rows.clear()
+    def _follow(self, record: Record) -> None:
+        with self._write:  # rows handed out for the old record are not the new one's
+            self._record = record
+            self._pending.clear()
+            self._rows.clear()
 
     @property
     def _table(self) -> str:
@@ -106,9 +86,6 @@ class MilvusCollection:
     def _shadow(self) -> str | None:
         record = self._record
         return table_name(record.spec.name, record.generation + 1) if record.target else None
-
-    def close(self) -> None:
-        """Nothing to flush: Milvus holds every acknowledged write."""
 
     def drop(self) -> None:
         record = self._record
@@ -136,22 +113,8 @@ class MilvusCollection:
                     f"item {i}: source of {len(item.source)} bytes is over the milvus "
                     f"backend's {MAX_SOURCE_BYTES}"
                 )
-        vectors = spec.prepare(np.stack([item.vector for item in items]))
         target = self._record.target
-        raw = sum(item.source_kind == "vector" for item in items)
-        if target is not None and raw:
-            raise FailedPrecondition(
-                f"collection {spec.name} is being re-indexed with {target.model} version "
-                f"{target.version}: {raw} items given as raw vectors cannot follow it"
-            )
-        next_version, next_ = next_vectors or (None, None)
-        if next_ is not None:
-            next_ = spec.prepare(next_)
-        if next_ is not None and target is None and next_version == spec.version != version:
-            vectors, next_ = next_, None  # swapped after the writer embedded: next is current
-        else:
-            check_version(spec, version)
-        check_dim(vectors, spec.dim, f"collection {spec.name}")
+        vectors, next_ = self._route(self._record, items, next_vectors, version)
         with self._write:
             written = time.time_ns() // 1000
             self._seq = max(self._seq + 1, written)
@@ -161,8 +124,7 @@ class MilvusCollection:
                 client.upsert(self._table, rows)
                 shadow = self._shadow
                 if shadow is not None and target is not None:
-                    if next_ is not None and next_version == target.version:
-                        check_dim(next_, target.dim, f"{target.model} version {target.version}")
+                    if next_ is not None:
                         client.upsert(
                             shadow,
                             [
@@ -188,17 +150,6 @@ class MilvusCollection:
         return len(present)
 
     # -- reads -------------------------------------------------------------------------------
-
-    def get(self, ids: Sequence[str]) -> list[StoredRow]:
-        found = self._by_ids(list(dict.fromkeys(ids)))
-        return [found[i] for i in dict.fromkeys(ids) if i in found]
-
-    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
-        found = self._by_ids(list(dict.fromkeys(ids)))
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise InvalidInput(f"query id {missing[0]!r} is not in collection {self.spec.name}")
-        return np.stack([found[i].vector for i in ids])
 
     def _by_ids(self, ids: list[str]) -> dict[str, StoredRow]:
         client = self.engine.client()
@@ -275,43 +226,7 @@ class MilvusCollection:
             for srow, rrow in zip(score_rows, found_rows, strict=True)
         ]
 
-    def duplicates(self, threshold: float, max_pairs: int) -> list[tuple[str, str, float]]:
-        """Pairs of distinct items at least `threshold` similar, most similar first (the
-        vectors are streamed out of Milvus into a flat index here)."""
-        ids: list[str] = []
-        chunks: list[np.ndarray] = []
-        for batch in self._scan(self._table, ["id", "vector"]):
-            ids.extend(r["id"] for r in batch)
-            chunks.append(np.asarray([r["vector"] for r in batch], np.float32))
-        vectors = np.concatenate(chunks) if chunks else np.empty((0, self.spec.dim), np.float32)
-        return duplicate_pairs(self.spec, ids, vectors, threshold, max_pairs)
-
-    def describe(self) -> dict[str, Any]:
-        self.refresh()
-        return {
-            "count": self._count(self._table),
-            "built_type": self.engine_index(),
-            "built_storage": "float32",
-            "memory_bytes": 0,  # the engine's, not this server's
-            "snapshot_seq": 0,
-            "snapshot_time": 0.0,
-            "seq": self._seq,
-            "rebuilding": False,
-            "reindex": self.reindexing,
-        }
-
-    def engine_table(self) -> str:
-        """The Milvus name searches go to (the alias of the serving table)."""
-        return self._table
-
-    def engine_index(self) -> str:
-        return "milvus-flat" if self.spec.index.type == "flat" else "milvus-hnsw"
-
     # -- re-indexing with another model version ----------------------------------------------
-
-    @property
-    def reindex_target(self) -> ModelVersion | None:
-        return self._record.target
 
     @property
     def reindexing(self) -> ReindexState | None:
@@ -450,6 +365,10 @@ class MilvusCollection:
         return False
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _vector_batches(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        for batch in self._scan(self._table, ["id", "vector"]):
+            yield [r["id"] for r in batch], np.asarray([r["vector"] for r in batch], np.float32)
 
     def _count(self, table: str, expression: str = "") -> int:
         client = self.engine.client()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lens_server.collections.held import EngineStoreView
 from lens_server.collections.milvus_engine import SOURCE_PIECE
 from lens_server.collections.store import NewItem, filter_terms
 
@@ -20,17 +21,10 @@ if TYPE_CHECKING:
 BATCH = 1000
 
 
-class StoreView:
+class StoreView(EngineStoreView):
     """What the browse pages read of a collection's store (`ItemStore`'s names)."""
 
-    def __init__(self, collection: MilvusCollection) -> None:
-        self._c = collection
-
-    def count(self) -> int:
-        return self._c._count(self._c._table)
-
-    def seq(self) -> int:
-        return self._c._seq
+    _c: MilvusCollection
 
     def sources(self, ids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         client = self._c.engine.client()
@@ -93,9 +87,3 @@ def item_row(item: NewItem, vector: np.ndarray, written: int) -> dict[str, Any]:
 
 def source_of(pieces: list[str] | None) -> bytes | None:
     return base64.b64decode("".join(pieces)) if pieces else None
-
-
-def metadata_text(value: Any) -> str:
-    if isinstance(value, str):
-        value = json.loads(value or "{}")
-    return json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False)

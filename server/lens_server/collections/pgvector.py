@@ -15,7 +15,6 @@ worker threads.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -24,9 +23,8 @@ from typing import Any
 import numpy as np
 
 from lens_server.collections.collection import Hit
-from lens_server.collections.flat import duplicate_pairs
+from lens_server.collections.held import EngineCollection, metadata_text
 from lens_server.collections.milvus_engine import Record
-from lens_server.collections.milvus_items import metadata_text
 from lens_server.collections.pgvector_engine import (
     MAX_EF_SEARCH,
     META,
@@ -42,7 +40,6 @@ from lens_server.collections.spec import (
     ModelVersion,
     check_dim,
     check_queries,
-    check_version,
 )
 from lens_server.collections.store import NewItem, StoredRow
 from lens_server.errors import FailedPrecondition, InvalidInput, Unavailable
@@ -56,20 +53,15 @@ _UPSERT = (
 )
 
 
-class PgCollection:
+class PgCollection(EngineCollection):
     """One collection in `engine`, described by `record` (see `milvus_engine.Record`)."""
 
     backend = "pgvector"
-    # Seconds a search trusts the record it read (writes read it in their transaction).
-    FRESH_S = 1.0
+    engine: PgEngine
 
     def __init__(self, engine: PgEngine, record: Record) -> None:
-        self.engine = engine
-        self._record = record
-        self._write = threading.Lock()
-        self._seq = 0
-        self._read_at = time.monotonic()
-        self._table, self._next = table_names(record.spec.name)
+        super().__init__(engine, record)
+        self._tables = table_names(record.spec.name)
         self.store = StoreView(self)
 
     @classmethod
@@ -83,22 +75,13 @@ class PgCollection:
         return cls(engine, record)
 
     @property
-    def spec(self) -> CollectionSpec:
-        return self._record.spec
+    def _table(self) -> str:
+        return self._tables[0]
 
-    def refresh(self, force: bool = False) -> None:
-        """Reads the record again when it is over `FRESH_S` old (or `force`): another replica
-        may have begun, cancelled or finished a re-index meanwhile."""
-        now = time.monotonic()
-        if not force and now - self._read_at < self.FRESH_S:
-            return
-        record = self.engine.record(self.spec.name)
-        self._read_at = now
-        if record is not None:
-            self._record = record
-
-    def close(self) -> None:
-        """Nothing to flush: the database holds every acknowledged write."""
+    @property
+    def _next(self) -> str:
+        """The shadow table a re-index fills."""
+        return self._tables[1]
 
     def drop(self) -> None:
         name = self.spec.name
@@ -146,35 +129,6 @@ class PgCollection:
                     return self._seq
         raise Unavailable(f"collection {name} kept changing during an upsert: try again")
 
-    def _route(
-        self,
-        record: Record,
-        items: Sequence[NewItem],
-        next_vectors: tuple[int, np.ndarray] | None,
-        version: int | None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(the items' vectors, their target-version vectors for the shadow or None) of a
-        write to the collection `record` describes (see `Reindexer.route`)."""
-        spec, target = record.spec, record.target
-        vectors = spec.prepare(np.stack([item.vector for item in items]))
-        raw = sum(item.source_kind == "vector" for item in items)
-        if target is not None and raw:
-            raise FailedPrecondition(
-                f"collection {spec.name} is being re-indexed with {target.model} version "
-                f"{target.version}: {raw} items given as raw vectors cannot follow it"
-            )
-        next_version, next_ = next_vectors or (None, None)
-        if next_ is not None:
-            next_ = spec.prepare(next_)
-        if next_ is not None and target is None and next_version == spec.version != version:
-            vectors, next_ = next_, None  # swapped after the writer embedded: next is current
-        else:
-            check_version(spec, version)
-        check_dim(vectors, spec.dim, f"collection {spec.name}")
-        if next_ is None or target is None or next_version != target.version:
-            return vectors, None
-        return vectors, check_dim(next_, target.dim, f"{target.model} version {target.version}")
-
     def _locked_record(self, conn: Any) -> Record | None:
         """The record as the current transaction holds it: a re-index cannot begin, cancel
         or swap until it commits."""
@@ -203,17 +157,6 @@ class PgCollection:
         return int(removed)
 
     # -- reads -------------------------------------------------------------------------------
-
-    def get(self, ids: Sequence[str]) -> list[StoredRow]:
-        found = self._by_ids(list(dict.fromkeys(ids)))
-        return [found[i] for i in dict.fromkeys(ids) if i in found]
-
-    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
-        found = self._by_ids(list(dict.fromkeys(ids)))
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise InvalidInput(f"query id {missing[0]!r} is not in collection {self.spec.name}")
-        return np.stack([found[i].vector for i in ids])
 
     def _by_ids(self, ids: list[str]) -> dict[str, StoredRow]:
         table = quoted(self._table)
@@ -268,43 +211,7 @@ class PgCollection:
                 )
         return found
 
-    def duplicates(self, threshold: float, max_pairs: int) -> list[tuple[str, str, float]]:
-        """Pairs of distinct items at least `threshold` similar, most similar first (the
-        vectors are streamed out of the database into a flat index here)."""
-        ids: list[str] = []
-        chunks: list[np.ndarray] = []
-        for batch in self._scan(self._table, "id, vector"):
-            ids.extend(r[0] for r in batch)
-            chunks.append(np.stack([as_array(r[1]) for r in batch]))
-        vectors = np.concatenate(chunks) if chunks else np.empty((0, self.spec.dim), np.float32)
-        return duplicate_pairs(self.spec, ids, vectors, threshold, max_pairs)
-
-    def describe(self) -> dict[str, Any]:
-        self.refresh()
-        return {
-            "count": self._count(self._table),
-            "built_type": self.engine_index(),
-            "built_storage": "float32",
-            "memory_bytes": 0,  # the database's, not this server's
-            "snapshot_seq": 0,
-            "snapshot_time": 0.0,
-            "seq": self._seq,
-            "rebuilding": False,
-            "reindex": self.reindexing,
-        }
-
-    def engine_table(self) -> str:
-        """The table searches go to."""
-        return self._table
-
-    def engine_index(self) -> str:
-        return "pgvector-flat" if self.spec.index.type == "flat" else "pgvector-hnsw"
-
     # -- re-indexing with another model version ----------------------------------------------
-
-    @property
-    def reindex_target(self) -> ModelVersion | None:
-        return self._record.target
 
     @property
     def reindexing(self) -> ReindexState | None:
@@ -452,6 +359,10 @@ class PgCollection:
             return True
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _vector_batches(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        for batch in self._scan(self._table, "id, vector"):
+            yield [r[0] for r in batch], np.stack([as_array(r[1]) for r in batch])
 
     def _count(self, table: str) -> int:
         found = self.engine.count(table, f"counting collection {self.spec.name}")

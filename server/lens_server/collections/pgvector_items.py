@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lens_server.collections.milvus_items import metadata_text
+from lens_server.collections.held import EngineStoreView, metadata_text
 from lens_server.collections.pgvector_engine import quoted
 from lens_server.collections.store import filter_terms
 
@@ -20,18 +20,11 @@ if TYPE_CHECKING:
 BATCH = 1000
 
 
-class StoreView:
+class StoreView(EngineStoreView):
     """What the browse pages read of a collection's store (`ItemStore`'s names). Rows are the
     table's `row` numbers, which every replica sees alike."""
 
-    def __init__(self, collection: PgCollection) -> None:
-        self._c = collection
-
-    def count(self) -> int:
-        return self._c._count(self._c._table)
-
-    def seq(self) -> int:
-        return self._c._seq
+    _c: PgCollection
 
     def sources(self, ids: Sequence[str]) -> dict[str, tuple[str, bytes | None]]:
         table = quoted(self._c._table)

@@ -198,27 +198,8 @@ class Reindexer:
         are then the items' vectors.
         """
         shadow = self.shadow
-        raw = sum(item.source_kind == "vector" for item in items)
-        if shadow is not None and raw:
-            raise FailedPrecondition(
-                f"collection {spec.name} is being re-indexed with {shadow.target.model} "
-                f"version {shadow.target.version}: {raw} items given as raw vectors cannot "
-                "follow it"
-            )
-        next_version, next_ = next_vectors or (None, None)
-        if next_ is not None:
-            next_ = spec.prepare(next_)
-            if next_.ndim != 2 or len(next_) != len(items):
-                raise InvalidInput(f"{len(items)} items need ({len(items)}, dim) next vectors")
-        if next_ is not None and shadow is None and next_version == spec.version != version:
-            vectors, next_ = next_, None  # swapped after the writer embedded: next is current
-        else:
-            check_version(spec, version)
-        check_dim(vectors, spec.dim, f"collection {spec.name}")
-        if next_ is None or shadow is None or next_version != shadow.target.version:
-            return vectors, None  # the rows stay pending
-        target = shadow.target
-        return vectors, check_dim(next_, target.dim, f"{target.model} version {target.version}")
+        target = shadow.target if shadow is not None else None
+        return route_write(spec, target, items, vectors, version, next_vectors)
 
     def apply(self, written: Written, vectors: np.ndarray | None) -> None:
         """Keeps the shadow in step with a store write (see `Shadow.apply`)."""
@@ -246,3 +227,35 @@ class Reindexer:
 
     def _load(self, target: ModelVersion, spec: CollectionSpec) -> Shadow:
         return Shadow.load(self.table, target, spec, self.store.count())
+
+
+def route_write(
+    spec: CollectionSpec,
+    target: ModelVersion | None,
+    items: Sequence[NewItem],
+    vectors: np.ndarray,
+    version: int | None,
+    next_vectors: tuple[int, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`Reindexer.route` for a collection re-indexing towards `target` (None: not
+    re-indexing); the engine-held collections call it with their record's target."""
+    raw = sum(item.source_kind == "vector" for item in items)
+    if target is not None and raw:
+        raise FailedPrecondition(
+            f"collection {spec.name} is being re-indexed with {target.model} "
+            f"version {target.version}: {raw} items given as raw vectors cannot "
+            "follow it"
+        )
+    next_version, next_ = next_vectors or (None, None)
+    if next_ is not None:
+        next_ = spec.prepare(next_)
+        if next_.ndim != 2 or len(next_) != len(items):
+            raise InvalidInput(f"{len(items)} items need ({len(items)}, dim) next vectors")
+    if next_ is not None and target is None and next_version == spec.version != version:
+        vectors, next_ = next_, None  # swapped after the writer embedded: next is current
+    else:
+        check_version(spec, version)
+    check_dim(vectors, spec.dim, f"collection {spec.name}")
+    if next_ is None or target is None or next_version != target.version:
+        return vectors, None  # the rows stay pending
+    return vectors, check_dim(next_, target.dim, f"{target.model} version {target.version}")
