@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.collections.engine_process import EngineProcess, free_port
+
 BIN = Path(sys.executable).parent / "milvus-lite"
 
 
@@ -34,20 +36,13 @@ def require() -> None:
         pytest.skip(message)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class MilvusServer:
+class MilvusServer(EngineProcess):
     """`milvus-lite server --data-dir DIR --port P`; `uri` once it answers."""
 
     def __init__(self, data: Path) -> None:
         self.data = data
         self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.uri = self.address = f"http://127.0.0.1:{self.port}"
         self.start()
 
     def start(self, timeout: float = 60) -> None:
@@ -68,17 +63,3 @@ class MilvusServer:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"milvus-lite did not listen on {self.port} in {timeout} s")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.collections.milvus_server import free_port
+from tests.server.collections.engine_process import EngineProcess, free_port
 
 USER = "lens"
 
@@ -73,9 +73,11 @@ def require() -> None:
         pytest.skip(message)
 
 
-class PgServer:
+class PgServer(EngineProcess):
     """`postgres -D DIR -p P` on 127.0.0.1 (trust authentication, user `lens`); `dsn` once it
     answers."""
+
+    stop_signal = signal.SIGINT  # a fast shutdown: ends the clients' sessions
 
     def __init__(self, parent: Path) -> None:
         self.as_root = os.geteuid() == 0
@@ -85,9 +87,8 @@ class PgServer:
         self.home = Path(tempfile.mkdtemp(prefix="lens-pg-")) if self.as_root else parent
         self.data = self.home / "data"
         self.port = free_port()
-        self.dsn = f"postgresql://{USER}@127.0.0.1:{self.port}/postgres"
+        self.dsn = self.address = f"postgresql://{USER}@127.0.0.1:{self.port}/postgres"
         self.log = parent / "postgres.log"
-        self.process: subprocess.Popen[bytes] | None = None
         if self.as_root:
             shutil.chown(self.home, "nobody", "nogroup")
         subprocess.run(
@@ -147,21 +148,6 @@ class PgServer:
                 self.stop()
                 raise RuntimeError(f"postgres did not answer on {self.port}: see {self.log}")
             time.sleep(0.2)  # it exited: start again
-
-    def kill(self) -> None:
-        """SIGKILL of the postmaster: no shutdown, no checkpoint."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # a fast shutdown: ends the clients' sessions
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(20)
 
     def remove(self) -> None:
         """Stops the server and deletes its data directory."""
