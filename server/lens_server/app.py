@@ -241,7 +241,7 @@ class LensServer:
         """Stops taking connections and calls, lets those in flight and open streams finish
         (up to `grace_s`, then cancels them), snapshots the collections, unloads."""
         await self._leave()
-        self._health.close()  # a Watch stream would hold the drain for all of grace_s
+        await self._health.close()  # a Watch stream would hold the drain for all of grace_s
         # Both front doors drain at once, each within grace_s.
         http = [s.stop() for s in (self._http, self._metrics_http) if s]
         await asyncio.gather(self._server.stop(self.config.grace_s), *http)

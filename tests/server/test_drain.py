@@ -10,6 +10,7 @@ What is queued is read from the server's own `lens_batch_queue_inputs` gauge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import signal
 import socket
@@ -236,9 +237,12 @@ def test_second_signal_exits_at_once(tiny_repo: Path, tmp_path: Path) -> None:
     assert_kept(tiny_repo, lens.collections, "acknowledged", vectors)
 
 
-def test_ports_open_while_models_load(tiny_repo: Path, tmp_path: Path) -> None:
-    """Between `listen` and `load` (what `lens serve` does first, then second): live, not
-    ready, and every call that is not a health check refused with UNAVAILABLE / 503."""
+@contextlib.contextmanager
+def in_process(
+    repo: Path, collections: Path
+) -> Iterator[tuple[LensServer, Callable[[Coroutine[Any, Any, Any]], Any]]]:
+    """A LensServer on an event loop of its own thread, and `call`, which runs a coroutine
+    there and returns its result; the server is stopped at the end unless it was."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -247,11 +251,24 @@ def test_ports_open_while_models_load(tiny_repo: Path, tmp_path: Path) -> None:
         return asyncio.run_coroutine_threadsafe(work, loop).result(120)
 
     async def create() -> LensServer:  # its gRPC server belongs to the loop
-        config = ServerConfig(repo=tiny_repo, collections=tmp_path, port=0, http_port=0)
+        config = ServerConfig(repo=repo, collections=collections, port=0, http_port=0)
         return LensServer(config)
 
     server = call(create())
     try:
+        yield server, call
+    finally:
+        if not server.lifecycle.draining:
+            call(server.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_ports_open_while_models_load(tiny_repo: Path, tmp_path: Path) -> None:
+    """Between `listen` and `load` (what `lens serve` does first, then second): live, not
+    ready, and every call that is not a health check refused with UNAVAILABLE / 503."""
+    with in_process(tiny_repo, tmp_path) as (server, call):
         port = call(server.listen())
         address, base = f"127.0.0.1:{port}", f"http://127.0.0.1:{server.http_port}"
         assert health(address) == NOT_SERVING
@@ -283,11 +300,6 @@ def test_ports_open_while_models_load(tiny_repo: Path, tmp_path: Path) -> None:
             assert client.get(f"{base}/health/ready").status_code == 200
             assert rows(embed(request, timeout=30)).shape == (1, 32)
             assert client.post(f"{base}/v1/embeddings", json={"input": ["a cat"]}).is_success
-    finally:
-        call(server.stop())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 @pytest.mark.slow
@@ -310,3 +322,23 @@ def test_a_health_watch_does_not_hold_the_drain(tiny_repo: Path, tmp_path: Path)
         assert lens.process.wait(60) == 0
     finally:
         lens.stop()
+
+
+def test_a_stop_tells_the_health_watchers_before_the_ports_close(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """A stop with no drain delay (a signal while the models load ends so) still sends each
+    open Watch its NOT_SERVING, then ends it with OK, before the ports close."""
+    with in_process(tiny_repo, tmp_path) as (server, call):
+        address = f"127.0.0.1:{call(server.listen())}"
+        call(server.load())
+        with grpc.insecure_channel(address) as channel:
+            watches = [
+                health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(service=service), timeout=60
+                )
+                for service in ("", INFERENCE)
+            ]
+            assert [next(w).status for w in watches] == [SERVING, SERVING]
+            call(server.stop())
+            assert [[answer.status for answer in w] for w in watches] == [[NOT_SERVING]] * 2
