@@ -78,8 +78,9 @@ def test_demonstration_model_of_make_serve(tmp_path):
     """`make model` trains this when no pretrained weights are given (the CLIP plan of
     training/quick.py, under a minute on two cores) on captions that name each digit by its
     word or its numeral, so that zero-shot labels of either kind work ("seven" or "7").
-    Seed 0 here (2026-12-02): 0.894 by words, 0.903 by numerals (by words alone, before the
-    numerals joined the captions: at least 0.90, and numerals near chance)."""
+    Seed 0 (2026-12-03, this command on an idle 2-core machine): 0.907 by words, 0.905 by
+    numerals; 0.894 and 0.903 on a loaded one (by words alone, before the numerals joined the
+    captions: at least 0.90, and numerals near chance)."""
     plan = "--arch lens-tiny-clip-digits --steps 900 --batch-size 128 --lr 2e-3 --device cpu"
     assert plan in " ".join((ROOT / "Makefile").read_text().replace("\\\n", " ").split())
     command = [
@@ -127,26 +128,28 @@ def train_with_the_plan(method: str, tmp_path) -> tuple[dict, list[float]]:
 
 def assert_not_collapsed(trained: dict) -> None:
     """A collapsed embedding has a per-dimension std (× √D) near 0 and an effective rank near
-    1: seed 0 of each plan keeps 0.64-0.87 and 18-20 of 64 (the random-init ResNet: 0.003
-    and 16.8, its features almost one direction)."""
+    1: seeds 0-2 of each plan keep 0.73-0.87 and 15-25 of 64 (the random-init ResNet: 0.003
+    and 10-19, its features almost one direction)."""
     assert trained["embedding_std"] >= 0.4, trained
     assert trained["effective_rank"] >= 8, trained
 
 
-# seeds 0-1 (bench/results/train-*-20261202.json): MoCo's loss 4.40-4.62 -> 3.73 (chance
-# ln 1025 = 6.93; it rises first, as real keys replace the queue's random ones), Barlow
-# Twins' 309-339 -> 22-24, VICReg's 21.3-21.5 -> 13.8-14.1 (its variance and covariance
-# terms keep a floor); kNN MoCo 0.906 and 0.870 (seed 1 misses the 0.90 gate), Barlow Twins
-# 0.900-0.908, VICReg 0.902-0.915, against 0.48-0.52 at random init
-LOSS_SHARE = {"barlow": 0.15, "vicreg": 0.8}
+# seeds 0-2 (bench/results/train-20261203-*.json): MoCo's loss 4.40-4.62 -> about 3.5
+# (chance ln 1025 = 6.93; it rises first, as real keys replace the queue's random ones),
+# BYOL's 3.9-4.06 -> 0.82-1.04 of 8, Barlow Twins' 309-339 -> 22-24, VICReg's 21.3-21.5 ->
+# 13.9-14.2 (its variance and covariance terms keep a floor); kNN MoCo 0.906-0.919 (350
+# steps), Barlow Twins 0.894-0.905, VICReg 0.904-0.915, against 0.48-0.58 at random init;
+# BYOL 0.777-0.816, the one that misses the 0.90 gate (quick.py says what was tried)
+LOSS_SHARE = {"byol": 0.35, "barlow": 0.15, "vicreg": 0.8}
+KNN = {"moco": 0.88, "byol": 0.74, "barlow": 0.87, "vicreg": 0.88}
 
 
-@pytest.mark.parametrize("method", ["moco", "barlow", "vicreg"])
+@pytest.mark.parametrize("method", ["moco", "byol", "barlow", "vicreg"])
 def test_two_view_methods(tmp_path, method):
     summary, losses = train_with_the_plan(method, tmp_path)
     trained, random = summary["eval"], summary["random_init"]
-    assert trained["knn_top1"] >= 0.85, trained
-    assert trained["knn_top1"] >= random["knn_top1"] + 0.3
+    assert trained["knn_top1"] >= KNN[method], trained
+    assert trained["knn_top1"] >= random["knn_top1"] + (0.2 if method == "byol" else 0.3)
     assert_not_collapsed(trained)
     if method == "moco":
         assert summary["final_loss"] < 0.6 * math.log(1 + PLANS["moco"]["queue"])
