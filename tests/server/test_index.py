@@ -336,12 +336,13 @@ def test_recall_of_hnsw_and_ivf_pq_against_flat(channel):
                 f"recall-{kind}",
                 *(vector_item(str(i), data[i]) for i in range(start, start + 1000)),
             )
-        # IVF-PQ trains in the background once it has enough vectors
+        # IVF-PQ trains in the background once it has enough vectors: the build may not
+        # have begun when the last upsert returns, so wait for the built type itself
         for _ in range(600):
             info = stub(channel).DescribeCollection(
                 index_pb2.CollectionRequest(name=f"recall-{kind}"), timeout=10
             )
-            if not info.rebuilding:
+            if not info.rebuilding and info.built_type == kind:
                 break
             threading.Event().wait(0.1)
         assert info.built_type == kind
