@@ -128,7 +128,7 @@ def train_with_the_plan(method: str, tmp_path) -> tuple[dict, list[float]]:
 
 def assert_not_collapsed(trained: dict) -> None:
     """A collapsed embedding has a per-dimension std (× √D) near 0 and an effective rank near
-    1: seeds 0-2 of each plan keep 0.73-0.87 and 15-25 of 64 (the random-init ResNet: 0.003
+    1: seeds 0-2 of each plan keep 0.70-0.92 and 12-25 of 64 (the random-init ResNet: 0.003
     and 10-19, its features almost one direction)."""
     assert trained["embedding_std"] >= 0.4, trained
     assert trained["effective_rank"] >= 8, trained
@@ -136,12 +136,13 @@ def assert_not_collapsed(trained: dict) -> None:
 
 # seeds 0-2 (bench/results/train-20261203-*.json): MoCo's loss 4.40-4.62 -> about 3.5
 # (chance ln 1025 = 6.93; it rises first, as real keys replace the queue's random ones),
-# BYOL's 3.9-4.06 -> 0.82-1.04 of 8, Barlow Twins' 309-339 -> 22-24, VICReg's 21.3-21.5 ->
-# 13.9-14.2 (its variance and covariance terms keep a floor); kNN MoCo 0.906-0.919 (350
-# steps), Barlow Twins 0.894-0.905, VICReg 0.904-0.915, against 0.48-0.58 at random init;
-# BYOL 0.777-0.816, the one that misses the 0.90 gate (quick.py says what was tried)
-LOSS_SHARE = {"byol": 0.35, "barlow": 0.15, "vicreg": 0.8}
-KNN = {"moco": 0.88, "byol": 0.74, "barlow": 0.87, "vicreg": 0.88}
+# BYOL's 3.9-4.04 -> 0.20-0.25 of 8, Barlow Twins' 323-351 -> 36-37 (λ 0.01), VICReg's
+# 21.3-21.5 -> 13.9-14.2 (its variance and covariance terms keep a floor); kNN MoCo
+# 0.906-0.919 (350 steps), Barlow Twins 0.904-0.911, VICReg 0.904-0.915, against 0.48-0.58
+# at random init; BYOL 0.775-0.870, the one that misses the 0.90 gate (quick.py says what
+# was tried)
+LOSS_SHARE = {"byol": 0.12, "barlow": 0.15, "vicreg": 0.8}
+KNN = {"moco": 0.88, "byol": 0.74, "barlow": 0.88, "vicreg": 0.88}
 
 
 @pytest.mark.parametrize("method", ["moco", "byol", "barlow", "vicreg"])

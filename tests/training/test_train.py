@@ -347,6 +347,16 @@ def test_train_refuses_each_setting_out_of_its_domain(tmp_path, option, value, m
             "barlow_lambda must be finite and >= 0, got -0.005",
         ),
         (
+            "byol",
+            ["--predictor-lr-scale", "0"],
+            "predictor_lr_scale must be finite and > 0, got 0.0",
+        ),
+        (
+            "vicreg",
+            ["--predictor-lr-scale", "10"],
+            "predictor_lr_scale is BYOL's (its predictor's lr × it), got 10.0 for vicreg",
+        ),
+        (
             "vicreg",
             ["--variance-weight", "-1"],
             "variance_weight must be finite and >= 0, got -1.0",
@@ -424,6 +434,21 @@ def test_each_method_defaults_to_its_papers_optimizer(tmp_path):
     assert type(trainer.optimizer).__name__ == "Lars"
     result = trainer.run()
     assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+
+
+def test_byol_predictor_learns_at_its_own_rate(tmp_path):
+    """`predictor_lr_scale`: BYOL's predictor, and only it, learns at lr × the scale, and the
+    schedule (warm-up here) scales every group alike."""
+    trainer = Trainer(config("byol", tmp_path / "run", predictor_lr_scale=10.0, steps=20))
+    predictor = {id(p) for p in trainer.method.predictor.parameters()}
+    base = {}
+    for group in trainer.optimizer.param_groups:
+        base |= {id(p): group["initial_lr"] for p in group["params"]}
+    assert {base[key] for key in predictor} == {1e-2}
+    assert {lr for key, lr in base.items() if key not in predictor} == {1e-3}
+    factors = [g["lr"] / g["initial_lr"] for g in trainer.optimizer.param_groups]
+    assert 0 < factors[0] < 1 and all(math.isclose(f, factors[0]) for f in factors)
+    assert math.isfinite(trainer.run()["final_loss"])
 
 
 def test_cifar_stem_keeps_32_pixel_images_whole():

@@ -100,6 +100,9 @@ def train(
     barlow_lambda: Annotated[
         float, typer.Option(help="Barlow Twins: off-diagonal weight λ.")
     ] = 5e-3,
+    predictor_lr_scale: Annotated[
+        float, typer.Option(help="BYOL: the predictor learns at lr × this.")
+    ] = 1.0,
     invariance_weight: Annotated[float, typer.Option(help="VICReg: invariance weight.")] = 25.0,
     variance_weight: Annotated[float, typer.Option(help="VICReg: variance weight.")] = 25.0,
     covariance_weight: Annotated[float, typer.Option(help="VICReg: covariance weight.")] = 1.0,
@@ -164,6 +167,7 @@ def train(
             momentum=momentum,
             momentum_end=momentum_end,
             barlow_lambda=barlow_lambda,
+            predictor_lr_scale=predictor_lr_scale,
             invariance_weight=invariance_weight,
             variance_weight=variance_weight,
             covariance_weight=covariance_weight,

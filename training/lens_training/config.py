@@ -48,6 +48,7 @@ class TrainConfig:
     momentum: float | None = None  # MoCo's and BYOL's target EMA; None: 0.99, 0.996
     momentum_end: float | None = None  # where its cosine ends; None: 0.999 (MoCo), 1 (BYOL)
     barlow_lambda: float = 5e-3  # Barlow Twins' off-diagonal weight
+    predictor_lr_scale: float = 1.0  # BYOL: the predictor learns at lr × this
     invariance_weight: float = 25.0  # VICReg's loss weights
     variance_weight: float = 25.0
     covariance_weight: float = 1.0
@@ -94,6 +95,11 @@ class TrainConfig:
                 "in [momentum, 1]",
             ),
             ("barlow_lambda", _weight(self.barlow_lambda), "finite and >= 0"),
+            (
+                "predictor_lr_scale",
+                math.isfinite(self.predictor_lr_scale) and self.predictor_lr_scale > 0,
+                "finite and > 0",
+            ),
             ("invariance_weight", _weight(self.invariance_weight), "finite and >= 0"),
             ("variance_weight", _weight(self.variance_weight), "finite and >= 0"),
             ("covariance_weight", _weight(self.covariance_weight), "finite and >= 0"),
@@ -128,6 +134,11 @@ class TrainConfig:
             raise TrainError(
                 f"queue {self.queue} must be divisible by the {each}, "
                 f"{self.batch_size // self.accum} (the keys enqueued per step)"
+            )
+        if self.method != "byol" and self.predictor_lr_scale != 1:
+            raise TrainError(
+                f"predictor_lr_scale is BYOL's (its predictor's lr × it), got "
+                f"{self.predictor_lr_scale!r} for {self.method}"
             )
         if self.method == "vicreg" and not (
             self.invariance_weight or self.variance_weight or self.covariance_weight

@@ -139,18 +139,17 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         config = self.config
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
+        # (weight decay, lr scale) -> parameters: no decay on gains, biases, the logit scale
+        # and embeddings; BYOL's predictor may learn faster than the rest (predictor_lr_scale)
+        groups_of: dict[tuple[float, float], list[nn.Parameter]] = {}
         for name, p in self.method.named_parameters():
             if p.requires_grad:
-                (
-                    no_decay
-                    if p.ndim < 2 or "logit_scale" in name or "embedding" in name
-                    else decay
-                ).append(p)
+                plain = p.ndim < 2 or "logit_scale" in name or "embedding" in name
+                scale = config.predictor_lr_scale if name.startswith("predictor.") else 1.0
+                groups_of.setdefault((0.0 if plain else config.weight_decay, scale), []).append(p)
         groups = [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": params, "weight_decay": wd, "lr": config.lr * scale}
+            for (wd, scale), params in groups_of.items()
         ]
         if config.optimizer == "lars":
             from timm.optim import Lars
