@@ -110,7 +110,9 @@ class RuntimeConfig:
     `program` (the fp16 program, on the GPU or else the CPU). `providers` lists ONNX Runtime
     execution providers in order of preference; those not present on the machine are skipped,
     the CPU provider is always last. `intra_op_threads` = 0 lets ONNX Runtime use one thread
-    per physical core.
+    per physical core. `spin`: those threads spin between ops, waiting for the next (the
+    lowest latency for a server that has the cores to itself); off where other processes need
+    the same cores, as a bulk actor's read and decode tasks do.
     """
 
     engine: str = "auto"
@@ -124,6 +126,7 @@ class RuntimeConfig:
         "CPUExecutionProvider",
     )
     intra_op_threads: int = 0
+    spin: bool = True
     # Threads decoding and resizing images (Pillow releases the GIL while it works).
     decode_workers: int = field(default_factory=_default_workers)
 

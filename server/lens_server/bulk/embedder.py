@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lens_server.config import Limits, ServerConfig
+from lens_server.config import Limits, RuntimeConfig, ServerConfig
 from lens_server.errors import LensError
 from lens_server.model import open_towers
 from lens_server.preprocess import ImagePreprocessor
@@ -78,7 +78,9 @@ class VersionEmbedder:
         store = Repository(Path(repo))
         manifest = store.manifest(name, version)
         folder = store.path(name, version)
-        config = ServerConfig(repo=Path(repo))
+        # The read and decode tasks share this node's cores: threads that spin between ops
+        # would take their time.
+        config = ServerConfig(repo=Path(repo), runtime=RuntimeConfig(spin=False))
         assert manifest.image is not None
         self._tower = open_towers(manifest, folder, config)["image"].tower
         self._dim = manifest.dim

@@ -39,6 +39,9 @@ class OnnxTower:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = config.intra_op_threads
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if config.spin else "0"
+        )
         # Batches of one tower run one at a time per session; parallelism is within an op.
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
