@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,6 +94,10 @@ def test_writes_search_get_delete_and_restart(backend):
     assert [ids(h)[0] for h in hits] == [f"t{i}" for i in range(5)]
     assert hits[0][0].score == pytest.approx(1.0, abs=1e-4)
     assert json.loads(hits[0][0].metadata) == {"colour": "red", "n": 0}
+    # k past the engine's default candidate list (pgvector's ef_search is 40), then a small k
+    # and the large one again on the same pooled connection: ef follows each search's k
+    for k in (60, 3, 60):
+        assert [len(row) for row in c.search(data[:2], k)] == [k, k]
     # the same write again (a retried request) changes nothing
     c.upsert(texts(data, lambda i: {"colour": ["red", "blue", "green"][i % 3], "n": i}))
     assert c.describe()["count"] == 60
@@ -224,3 +229,41 @@ def test_the_filter_as_sql_with_parameters():
     assert pg_filter({quote: quote}) == ("(metadata -> %s = %s::jsonb)", [quote, f'"{quote}"'])
     with pytest.raises(InvalidInput, match=re.escape('use a value or {"in": [values]}')):
         pg_filter({"a": {"in": []}})
+
+
+def test_pgvector_searches_through_its_hnsw_index_and_exact_past_it(pg, tmp_path):
+    """PostgreSQL's planner prefers a scan of every row on small tables (or ones whose
+    vectors are TOASTed): an approximate search must still go through the HNSW index, and
+    an exact one must not. Counted by the database's own index statistics."""
+    import psycopg
+
+    backend = Backend("pgvector", tmp_path / "collections", pg.dsn)
+    c = backend.make(dim=512)  # vectors past 2 kB: stored out of line (TOAST)
+    data = vectors(200, 512, seed=3)
+    c.upsert(texts(data))
+    table = c._table
+
+    def scans() -> int:
+        c.engine.close()  # the pooled backends exit, flushing their statistics
+        deadline = time.monotonic() + 3
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
+                    "WHERE relname = %s AND indexrelname LIKE %s",
+                    (table, "%vector%"),
+                ).fetchone()
+                if row[0] or time.monotonic() > deadline:
+                    return int(row[0])
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+                time.sleep(0.1)
+
+    try:
+        assert scans() == 0
+        assert ids(c.search(data[:1], 5, exact=True)[0])[0] == "t0"
+        assert scans() == 0
+        hits = c.search(data[:4], 5)
+        assert [ids(row)[0] for row in hits] == ["t0", "t1", "t2", "t3"]
+        assert scans() == 4
+    finally:
+        backend.collections().close()
